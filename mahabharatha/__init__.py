@@ -1,0 +1,53 @@
+"""mahabharatha: parallel coding-agent workers in Docker containers, one git worktree each.
+
+The Python API mirrors the CLI: :func:`plan` computes an immutable :class:`LaunchPlan` (pure, no Docker),
+:func:`execute` applies it to a Docker engine. Heavy modules are imported lazily so that planning stays
+fast and needs no Docker SDK import.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "plan",
+    "execute",
+    "LaunchPlan",
+    "WorkerSpec",
+    "Secret",
+    "MahabharathaError",
+    "ConfigError",
+    "LaunchError",
+    "__version__",
+]
+
+_LAZY = {
+    "plan": "mahabharatha.planning",
+    "execute": "mahabharatha.edge.executor",
+    "LaunchPlan": "mahabharatha.core.model",
+    "WorkerSpec": "mahabharatha.core.model",
+    "Secret": "mahabharatha.core.secret",
+    "MahabharathaError": "mahabharatha.errors",
+    "ConfigError": "mahabharatha.errors",
+    "LaunchError": "mahabharatha.errors",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core.model import LaunchPlan, WorkerSpec
+    from .core.secret import Secret
+    from .edge.executor import execute
+    from .errors import ConfigError, LaunchError, MahabharathaError
+    from .planning import plan
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mahabharatha' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,121 @@
+"""The ``mahabharatha`` command line.
+
+This module only parses arguments and dispatches; each command lives in a small module of this package,
+imported lazily so ``--help`` and the dry-run stay fast. Every :class:`~mahabharatha.errors.MahabharathaError`
+becomes one line on stderr and its exit code: users never see a traceback for a mistake they can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+# command name -> "module:function" inside mahabharatha.cli
+_HANDLERS = {
+    "kurukshetra": "launch:cmd_kurukshetra",
+    "demo": "launch:cmd_demo",
+    "status": "ops:cmd_status",
+    "logs": "ops:cmd_logs",
+    "retry": "ops:cmd_retry",
+    "stop": "cleanup:cmd_stop",
+    "cleanup": "cleanup:cmd_cleanup",
+    "install-commands": "ops:cmd_install_commands",
+    "build-image": "cleanup:cmd_build_image",
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _repo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default=".", help="repository root (default: current directory)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mahabharatha",
+        description="Run parallel coding-agent workers in Docker containers, level by level through a task graph.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("kurukshetra", help="plan and launch workers for a feature")
+    _repo_args(p)
+    p.add_argument("--workers", type=_positive_int, help="number of workers (capped by workers.max_concurrent)")
+    p.add_argument("--mode", choices=("container", "subprocess"), help="launcher type (overrides workers.launcher_type)")
+    p.add_argument("--feature", help="feature name (default: contents of .gsd/.current-feature)")
+    p.add_argument("--dry-run", action="store_true", help="print the launch plan and touch nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    p.add_argument("--keep-failed", action="store_true", help="on a failed launch, keep containers for debugging")
+
+    p = sub.add_parser("demo", help="run the built-in sample feature in containers (offline, no API key)")
+    p.add_argument("--workers", type=_positive_int, default=3)
+    p.add_argument("--dir", help="where to create the throwaway demo repo (default: a new temp dir)")
+    p.add_argument("--image", help="worker image to use (default: build/reuse mahabharatha-worker)")
+
+    p = sub.add_parser("status", help="tasks per level and per worker, container state and resource use")
+    _repo_args(p)
+    p.add_argument("--feature")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("logs", help="show a worker's output")
+    _repo_args(p)
+    p.add_argument("worker", nargs="?", help="worker id (default: all workers)")
+    p.add_argument("--feature")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+
+    p = sub.add_parser("retry", help="put failed tasks (or one TASK) back to pending")
+    _repo_args(p)
+    p.add_argument("task", nargs="?")
+    p.add_argument("--feature")
+
+    p = sub.add_parser("stop", help="stop workers gracefully (they exit 130)")
+    _repo_args(p)
+    p.add_argument("--feature")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a worker is killed")
+
+    p = sub.add_parser("cleanup", help="remove a feature's containers and worktrees")
+    _repo_args(p)
+    p.add_argument("feature")
+    p.add_argument("--force", action="store_true", help="also remove worktrees with uncommitted changes")
+
+    p = sub.add_parser("install-commands", help="install /mahabharatha:* slash commands into .claude/commands/")
+    _repo_args(p)
+
+    p = sub.add_parser("build-image", help="build the worker image from .devcontainer/Dockerfile")
+    p.add_argument("--tag", default="mahabharatha-worker")
+    p.add_argument("--base-image", help="BASE_IMAGE build arg")
+    p.add_argument("--no-claude", action="store_true", help="skip installing the claude CLI")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..errors import MahabharathaError
+
+    args = build_parser().parse_args(argv)
+    module_name, func_name = _HANDLERS[args.command].split(":")
+    try:
+        handler = getattr(importlib.import_module(f"{__name__}.{module_name}"), func_name)
+        return int(handler(args) or 0)
+    except MahabharathaError as exc:
+        print(f"mahabharatha: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mahabharatha: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The project's error types.
+
+Every error a user can cause is a :class:`MahabharathaError` whose ``str()`` is one line naming what went
+wrong, where (file and field), and the fix. The CLI prints that line and exits non-zero; it never shows a
+traceback for these. Messages must never contain a secret value (see :mod:`mahabharatha.core.secret`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MahabharathaError",
+    "ConfigError",
+    "AuthError",
+    "GraphError",
+    "WorktreeError",
+    "LaunchError",
+    "OrchestrationError",
+]
+
+
+class MahabharathaError(Exception):
+    """Base class: a user-facing, one-line, actionable error. ``exit_code`` is what the CLI exits with."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(MahabharathaError):
+    """Bad config file, environment override or CLI flag. Exit code 2, like a usage error."""
+
+    exit_code = 2
+
+
+class AuthError(MahabharathaError):
+    """Credentials could not be read (never includes the credential itself)."""
+
+    exit_code = 2
+
+
+class GraphError(MahabharathaError):
+    """The task graph is invalid (unknown dependency, cycle, level order, file ownership)."""
+
+    exit_code = 2
+
+
+class WorktreeError(MahabharathaError):
+    """A git worktree or branch could not be created, or removing it would lose work."""
+
+
+class LaunchError(MahabharathaError):
+    """Containers could not be started, become ready, or their worker did not announce itself."""
+
+
+class OrchestrationError(MahabharathaError):
+    """A level could not be completed (merge conflict, failed or blocked tasks)."""

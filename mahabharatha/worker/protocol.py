@@ -1,0 +1,63 @@
+"""The contract between the host and a worker container (stdlib only).
+
+A worker talks to the host only through: its stdout (the host log), the shared state directory, git,
+and its exit code.
+"""
+
+from __future__ import annotations
+
+# Exit codes, as users are told.
+EXIT_DONE = 0  # all tasks done
+EXIT_ERROR = 1  # unrecoverable error
+EXIT_CONTEXT_LIMIT = 2  # context limit reached: start the worker again for the same work
+EXIT_BLOCKED = 3  # all remaining tasks blocked
+EXIT_STOPPED = 130  # stop signal (SIGINT/SIGTERM)
+EXIT_OOM = 137  # killed (SIGKILL), typically the memory limit
+
+EXIT_MEANINGS = {
+    EXIT_DONE: "done: all tasks completed",
+    EXIT_ERROR: "error: unrecoverable failure",
+    EXIT_CONTEXT_LIMIT: "context limit reached: restart for the same work",
+    EXIT_BLOCKED: "blocked: all remaining tasks are blocked",
+    EXIT_STOPPED: "stopped by signal",
+    EXIT_OOM: "killed (out of memory or SIGKILL)",
+}
+
+
+def exit_meaning(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    return EXIT_MEANINGS.get(code, f"unexpected exit code {code}")
+
+
+# The line a worker prints on stdout once its git setup works and it is about to take tasks. The executor's
+# "worker process started" check waits for it (by following the container's log stream, not by sleeping).
+READY_MARKER = "MAHABHARATHA_WORKER_READY"
+
+
+def ready_line(worker_id: int) -> str:
+    return f"{READY_MARKER} worker={worker_id}"
+
+
+# Paths inside the container.
+WORKSPACE = "/workspace"
+STATE_MOUNT = "/workspace/.mahabharatha/state"  # <repo>/.mahabharatha/state on the host
+RUNTIME_LIB = "/opt/mahabharatha/lib"  # parent of the mounted runtime package
+RUNTIME_PACKAGE = "mahabharatha_worker"  # this directory, mounted at RUNTIME_LIB/RUNTIME_PACKAGE
+GIT_WORKTREE_DIR = "/workspace/.git-worktree"  # <repo>/.git/worktrees/worker-N
+GIT_MAIN_DIR = "/repo/.git"  # <repo>/.git
+WORKER_HOME = "/home/worker"
+
+# Environment variable names the plan sets for every worker.
+ENV_WORKER_ID = "ZERG_WORKER_ID"
+ENV_FEATURE = "ZERG_FEATURE"
+ENV_BRANCH = "ZERG_BRANCH"
+ENV_BASE_BRANCH = "MAHABHARATHA_BASE_BRANCH"
+ENV_GIT_WORKTREE_DIR = "ZERG_GIT_WORKTREE_DIR"
+ENV_GIT_MAIN_DIR = "ZERG_GIT_MAIN_DIR"
+ENV_STATE_DIR = "MAHABHARATHA_STATE_DIR"
+ENV_AGENT_COMMAND = "MAHABHARATHA_AGENT_COMMAND"
+# Given to the agent command for each task.
+ENV_TASK_ID = "MAHABHARATHA_TASK_ID"
+ENV_TASK_JSON = "MAHABHARATHA_TASK_JSON"
+ENV_TASK_PROMPT = "MAHABHARATHA_TASK_PROMPT"
