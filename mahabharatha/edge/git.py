@@ -1,0 +1,55 @@
+"""Host-side git, hardened.
+
+Containers can write to the repository's object store and to their worktrees, so every host-side git
+command that touches what they wrote runs with hooks and fsmonitor disabled: a worker must not be able to
+plant code that the host then executes. Use :func:`git` for all host git calls.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from ..errors import WorktreeError
+
+__all__ = ["git", "git_ok", "HARDENING"]
+
+# -c options prepended to every host git command.
+HARDENING = (
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "core.fsmonitor=false",
+    "-c", "protocol.file.allow=user",
+)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Never let the user's global/system config inject hooks or pagers into our automation.
+    env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "LC_ALL": "C"})
+    return env
+
+
+def git(repo: str | os.PathLike[str], *args: str, check: bool = True, input: str | None = None) -> str:
+    """Run ``git -C repo <hardening> args`` and return stdout (stripped of the trailing newline).
+
+    Raises :class:`WorktreeError` with git's own message on failure when ``check`` is true.
+    """
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *HARDENING, *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        input=input,
+    )
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise WorktreeError(f"git {' '.join(args)} failed in {Path(repo)}: {detail[-1] if detail else proc.returncode}")
+    return proc.stdout.rstrip("\n")
+
+
+def git_ok(repo: str | os.PathLike[str], *args: str) -> bool:
+    """True when the git command succeeds (for existence checks such as ``rev-parse --verify``)."""
+    return subprocess.run(
+        ["git", "-C", str(repo), *HARDENING, *args], capture_output=True, env=_env()
+    ).returncode == 0
