@@ -1,0 +1,131 @@
+"""Worker images: check that an image exists locally, build it from the Dockerfile when asked.
+
+Images are never pulled: the executor only uses what is on the engine (``images.get``), so a missing image is
+a clear "build it" message instead of a surprise download. Building uses the engine's classic builder
+through docker-py with a context holding only the Dockerfile (it copies nothing from the repository), so a
+build sends a few KB instead of the whole checkout.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import LaunchError
+
+__all__ = [
+    "BUILD_COMMAND",
+    "DEFAULT_IMAGE",
+    "default_dockerfile",
+    "image_exists",
+    "ensure_image",
+]
+
+DEFAULT_IMAGE = "mahabharatha-worker"
+BUILD_COMMAND = "docker build -t mahabharatha-worker -f .devcontainer/Dockerfile ."
+
+
+def default_dockerfile() -> Path:
+    """``.devcontainer/Dockerfile`` of the checkout this package runs from (editable install or source tree)."""
+    return Path(__file__).resolve().parents[2] / ".devcontainer" / "Dockerfile"
+
+
+def image_exists(client: Any, tag: str) -> bool:
+    """True when ``tag`` is present on the engine. Never pulls."""
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _context(dockerfile: Path, context: Path | None) -> tuple[Any, bool, str]:
+    """(build source, custom_context, dockerfile name) for ``api.build``."""
+    if context is not None:
+        try:
+            rel = str(dockerfile.resolve().relative_to(context.resolve()))
+        except ValueError:
+            rel = str(dockerfile.resolve())
+        return str(context), False, rel
+    buf = io.BytesIO()
+    data = dockerfile.read_bytes()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf, True, "Dockerfile"
+
+
+def ensure_image(
+    client: Any,
+    tag: str,
+    *,
+    dockerfile: str | Path | None = None,
+    context: str | Path | None = None,
+    buildargs: Mapping[str, str] | None = None,
+    force: bool = False,
+    on_output: Callable[[str], None] | None = None,
+) -> str:
+    """Return the id of image ``tag``, building it from ``dockerfile`` first when it is missing (or ``force``).
+
+    ``context`` is the build context directory; by default the context holds only the Dockerfile.
+    ``on_output`` receives the builder's output lines (progress for the CLI). Build failures raise
+    :class:`LaunchError` with the builder's last message.
+    """
+    import docker.errors
+
+    if not force:
+        try:
+            return str(client.images.get(tag).id)
+        except docker.errors.ImageNotFound:
+            pass
+    path = Path(dockerfile) if dockerfile is not None else default_dockerfile()
+    if not path.is_file():
+        raise LaunchError(
+            f"Cannot build image {tag}: Dockerfile {path} not found",
+            hint=f"run `{BUILD_COMMAND}` in a mahabharatha checkout",
+        )
+    source, custom, name = _context(path, Path(context) if context is not None else None)
+    kwargs: dict[str, Any] = {
+        "tag": tag,
+        "dockerfile": name,
+        "buildargs": dict(buildargs or {}),
+        "rm": True,
+        "forcerm": True,
+        "decode": True,
+    }
+    if custom:
+        kwargs.update(fileobj=source, custom_context=True)
+    else:
+        kwargs["path"] = source
+    tail: list[str] = []
+    try:
+        for chunk in client.api.build(**kwargs):
+            if "error" in chunk or "errorDetail" in chunk:
+                detail = chunk.get("error") or chunk.get("errorDetail", {}).get("message", "unknown error")
+                last = " | ".join(line for line in tail[-3:] if line)
+                raise LaunchError(
+                    f"Building image {tag} from {path} failed: {str(detail).strip()}",
+                    hint=f"last build output: {last}" if last else None,
+                )
+            text = chunk.get("stream") or chunk.get("status") or ""
+            for line in text.splitlines():
+                if not line.strip():
+                    continue
+                tail.append(line.rstrip())
+                if on_output is not None:
+                    on_output(line.rstrip())
+            del tail[:-20]
+    except docker.errors.DockerException as exc:
+        raise LaunchError(f"Building image {tag} from {path} failed: {exc}") from None
+    try:
+        return str(client.images.get(tag).id)
+    except docker.errors.ImageNotFound:
+        raise LaunchError(f"Building image {tag} from {path} finished but the image is missing") from None
