@@ -1,0 +1,181 @@
+"""Git worktrees and branches for workers, created idempotently and removed without losing work.
+
+Every call goes through :func:`mahabharatha.edge.git.git` (hooks and fsmonitor off). Creating is safe to
+repeat: an existing worktree is kept as it is (its uncommitted work included), the feature's base branch is
+created from ``HEAD`` only when missing (the user's branches never move). Removing refuses a worktree with
+uncommitted changes unless forced. The mount points Docker creates inside a worktree while a container runs
+(``.git-worktree/``, ``.mahabharatha/``) are empty directories and never count as changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..core.model import Worktree
+from ..errors import WorktreeError
+from .git import git, git_ok
+
+__all__ = [
+    "ensure_base_branch",
+    "ensure_worktree",
+    "ensure_worktrees",
+    "list_worktrees",
+    "feature_worktrees",
+    "uncommitted_changes",
+    "remove_worktree",
+    "prune",
+]
+
+# Directories created inside a worktree as bind-mount points for a container; never user work.
+MOUNT_POINT_DIRS = (".git-worktree/", ".mahabharatha/state/")
+
+
+def _same(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def ensure_base_branch(repo: str | os.PathLike[str], branch: str, *, start: str = "HEAD") -> str:
+    """Create ``branch`` at ``start`` when it does not exist; return the commit it points to.
+
+    An existing branch is left where it is (it may hold merged work of earlier levels).
+    """
+    ref = f"refs/heads/{branch}"
+    if not git_ok(repo, "rev-parse", "--verify", "--quiet", ref):
+        if not git_ok(repo, "rev-parse", "--verify", "--quiet", f"{start}^{{commit}}"):
+            raise WorktreeError(
+                f"Cannot create branch {branch} in {repo}: {start} has no commit",
+                hint="commit something first (git commit --allow-empty -m init)",
+            )
+        git(repo, "branch", branch, start)
+    return git(repo, "rev-parse", ref)
+
+
+def list_worktrees(repo: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """``git worktree list --porcelain`` as dicts (keys: worktree, HEAD, branch, and flags like prunable)."""
+    out = git(repo, "worktree", "list", "--porcelain")
+    entries: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in out.splitlines():
+        if not line.strip():
+            if current:
+                entries.append(current)
+            current = {}
+            continue
+        key, _, value = line.partition(" ")
+        current[key] = value
+    if current:
+        entries.append(current)
+    return entries
+
+
+def _registered(repo: str | os.PathLike[str], path: str) -> dict[str, str] | None:
+    for entry in list_worktrees(repo):
+        if _same(entry.get("worktree", ""), path):
+            return entry
+    return None
+
+
+def _admin_dir(path: str) -> str:
+    return git(path, "rev-parse", "--absolute-git-dir")
+
+
+def ensure_worktree(repo: str | os.PathLike[str], wt: Worktree) -> None:
+    """Create worktree ``wt`` (and its branch from ``wt.base``) unless it already exists.
+
+    An existing worktree is kept untouched; it must be on ``wt.branch`` and use ``wt.admin_dir`` as its git
+    metadata directory (the containers mount that directory), otherwise :class:`WorktreeError` explains.
+    """
+    path = wt.path
+    entry = _registered(repo, path)
+    if entry is not None and not Path(path).exists():
+        # Registered but its directory is gone (deleted by hand): forget it, then recreate below.
+        prune(repo)
+        entry = None
+    if entry is None:
+        if Path(path).exists() and any(Path(path).iterdir()):
+            raise WorktreeError(
+                f"Cannot create worktree {path} for worker {wt.worker_id}: the directory exists, is not empty "
+                "and is not a git worktree of this repository",
+                hint="move it away or remove it, then launch again",
+            )
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{wt.branch}"):
+            git(repo, "worktree", "add", path, wt.branch)
+        else:
+            git(repo, "worktree", "add", "-b", wt.branch, path, wt.base)
+    else:
+        branch = entry.get("branch", "")
+        if branch != f"refs/heads/{wt.branch}":
+            shown = branch.removeprefix("refs/heads/") or "a detached HEAD"
+            raise WorktreeError(
+                f"Worktree {path} for worker {wt.worker_id} is on {shown}, expected {wt.branch}",
+                hint=f"commit its work, then `git -C {path} switch {wt.branch}` or `mahabharatha cleanup`",
+            )
+    actual = _admin_dir(path)
+    if not _same(actual, wt.admin_dir):
+        raise WorktreeError(
+            f"Worktree {path} uses git metadata dir {actual}, but the plan mounts {wt.admin_dir}",
+            hint="another worktree already uses that name; run `mahabharatha cleanup FEATURE` for the feature "
+            "that owns it, or `git worktree list` to find it",
+        )
+
+
+def ensure_worktrees(repo: str | os.PathLike[str], base_branch: str, worktrees: Iterable[Worktree]) -> None:
+    """The base branch, then every worktree (in order; each step idempotent)."""
+    ensure_base_branch(repo, base_branch)
+    for wt in worktrees:
+        ensure_worktree(repo, wt)
+
+
+def feature_worktrees(repo: str | os.PathLike[str], feature: str) -> list[tuple[str, str]]:
+    """(path, branch) of the feature's worker worktrees (branches ``mahabharatha/<feature>/worker-*``)."""
+    prefix = f"refs/heads/mahabharatha/{feature}/worker-"
+    return [
+        (e["worktree"], e["branch"].removeprefix("refs/heads/"))
+        for e in list_worktrees(repo)
+        if e.get("branch", "").startswith(prefix)
+    ]
+
+
+def uncommitted_changes(path: str | os.PathLike[str]) -> list[str]:
+    """``git status --porcelain`` lines of a worktree, ignoring container mount points."""
+    out = git(path, "status", "--porcelain", "--untracked-files=all", "--ignore-submodules=none")
+    changes = []
+    for line in out.splitlines():
+        name = line[3:].strip('"')
+        if line.startswith("??") and (name + "/").startswith(MOUNT_POINT_DIRS):
+            continue
+        changes.append(line)
+    return changes
+
+
+def remove_worktree(repo: str | os.PathLike[str], path: str | os.PathLike[str], *, force: bool = False) -> bool:
+    """Remove a worktree (its branch stays). Returns False when it did not exist.
+
+    Refuses with :class:`WorktreeError` naming the changes when the worktree has uncommitted work, unless
+    ``force``.
+    """
+    path = str(path)
+    entry = _registered(repo, path)
+    if entry is None:
+        prune(repo)
+        return False
+    if Path(path).exists():
+        changes = uncommitted_changes(path)
+        if changes and not force:
+            shown = ", ".join(c[3:] for c in changes[:5]) + (" …" if len(changes) > 5 else "")
+            raise WorktreeError(
+                f"Worktree {path} has uncommitted changes ({shown}); not removing it",
+                hint="commit or copy the work, or pass --force to discard it",
+            )
+    # Clean (only empty mount-point dirs may remain, which plain `remove` counts as untracked) or forced.
+    git(repo, "worktree", "remove", "--force", path)
+    prune(repo)
+    return True
+
+
+def prune(repo: str | os.PathLike[str]) -> None:
+    """Forget worktrees whose directories are gone."""
+    git(repo, "worktree", "prune")
