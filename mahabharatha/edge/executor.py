@@ -1,0 +1,653 @@
+"""Apply a :class:`~mahabharatha.core.model.LaunchPlan` to a Docker engine through docker-py.
+
+Two layers, like docker-py's own ``containers.run``:
+
+- :func:`create_kwargs` is a pure translation of one planned worker into ``containers.create`` keyword
+  arguments (unit-tested without a daemon). It is the only place that calls ``Secret.reveal()``.
+- :func:`execute` does the work, in the order users are told: check the engine, the image and the container
+  names (nothing is touched when a same-named container belongs to someone else); write the planned overlay
+  files; create the base branch and worktrees; remove this feature's stale containers; open the event stream;
+  create and start every worker **in parallel**; wait for each to run (events) and to print its ready line
+  (log stream, copied to the host log). A launch that fails removes every container it started (unless
+  ``keep_failed``) and never deletes a worktree.
+
+Everything goes through the Docker API: no ``docker`` subprocess, so ``DOCKER_HOST`` and contexts work and
+secrets never appear on a command line. Nothing here sleeps to wait: readiness comes from events and logs.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..core.model import (
+    LABEL_FEATURE,
+    LABEL_MANAGED,
+    LABEL_PLAN,
+    LABEL_REPO,
+    LABEL_WORKER,
+    LaunchPlan,
+    WorkerSpec,
+)
+from ..errors import LaunchError
+from ..worker.protocol import STATE_MOUNT, exit_meaning, ready_line
+from . import worktrees as _worktrees
+from .images import BUILD_COMMAND
+
+__all__ = [
+    "WorkerHandle",
+    "Launch",
+    "WorkerExit",
+    "create_kwargs",
+    "make_client",
+    "execute",
+    "start_worker",
+    "feature_containers",
+    "worker_exit",
+    "wait_exit",
+    "stop_workers",
+    "remove_containers",
+    "write_planned_files",
+]
+
+_LOG_TAIL_LINES = 10  # log lines quoted in a "Worker process failed to start" message
+# Mount targets whose (host) source directories the executor creates when missing.
+_SHARED_DIR_TARGETS = frozenset({STATE_MOUNT, "/repo/.gsd"})
+
+
+class WorkerHandle(msgspec.Struct, frozen=True):
+    """A started worker container."""
+
+    worker_id: int
+    container_id: str
+    name: str
+    status: str  # engine status when the launch returned, normally "running"
+
+
+class Launch(msgspec.Struct, frozen=True):
+    """What :func:`execute` started."""
+
+    plan_id: str
+    repo: str
+    feature: str
+    workers: tuple[WorkerHandle, ...]
+
+
+class WorkerExit(msgspec.Struct, frozen=True):
+    """How a worker container ended (read from the engine before anything removes it)."""
+
+    worker_id: int
+    exit_code: int | None  # None while still running
+    meaning: str  # see mahabharatha.worker.protocol.EXIT_MEANINGS
+    oom_killed: bool
+    name: str = ""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pure translation
+
+
+def create_kwargs(spec: WorkerSpec, *, reveal_secrets: bool) -> dict[str, Any]:
+    """docker-py ``containers.create(**kwargs)`` arguments for one planned worker.
+
+    With ``reveal_secrets=False`` secret values are their redacted form (for display and tests); only the
+    executor passes ``True``, handing the values to the Docker API and nowhere else.
+    """
+    from docker.types import Mount as DockerMount
+
+    environment = spec.env_dict()
+    for secret in spec.secret_environment:
+        environment[secret.name] = secret.value.reveal() if reveal_secrets else secret.value.redacted
+    kwargs: dict[str, Any] = {
+        "image": spec.image,
+        "command": list(spec.command),
+        "name": spec.name,
+        "detach": True,
+        "user": spec.user,
+        "working_dir": spec.working_dir,
+        "environment": environment,
+        "labels": spec.label_dict(),
+        # Mount, not volumes=: a missing bind source is an error instead of a new root-owned directory.
+        "mounts": [
+            DockerMount(target=m.target, source=m.source, type="bind", read_only=m.read_only) for m in spec.mounts
+        ],
+        "tmpfs": {t.target: t.options for t in spec.tmpfs},
+        "mem_limit": spec.mem_limit_bytes,
+        "nano_cpus": round(spec.cpus * 1e9),  # the API wants an int
+        "read_only": spec.read_only,
+        "init": spec.init,
+    }
+    if spec.pids_limit:  # docker-py drops 0 silently; None means the engine default
+        kwargs["pids_limit"] = spec.pids_limit
+    if spec.cap_drop:
+        kwargs["cap_drop"] = list(spec.cap_drop)
+    if spec.security_opt:
+        kwargs["security_opt"] = list(spec.security_opt)
+    return kwargs
+
+
+def _redactor(specs: Iterable[WorkerSpec]) -> Callable[[str], str]:
+    """A function that replaces every secret value of ``specs`` in a text by its redacted form."""
+    pairs = sorted(
+        {(s.value.reveal(), s.value.redacted) for spec in specs for s in spec.secret_environment if s.value.reveal()},
+        key=lambda p: -len(p[0]),
+    )
+
+    def redact(text: str) -> str:
+        for value, shown in pairs:
+            text = text.replace(value, shown)
+        return text
+
+    return redact
+
+
+# --------------------------------------------------------------------------------------------------------
+# Engine access
+
+
+def _docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _engine_error(exc: BaseException) -> LaunchError:
+    return LaunchError(
+        f"Failed to start container: cannot reach the Docker engine at {_docker_host()}; start Docker "
+        f"(or point DOCKER_HOST at a running engine) ({type(exc).__name__})"
+    )
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import docker.errors
+    import requests
+
+    return (requests.exceptions.ConnectionError, docker.errors.DockerException, ConnectionError, FileNotFoundError)
+
+
+def make_client(workers: int = 1, *, timeout: int = 120) -> Any:
+    """A ``docker.DockerClient`` from the environment, its connection pool sized for ``workers``.
+
+    Each worker holds a log stream while it runs and the launch holds an event stream, so the pool is sized
+    ``2 * workers + 4`` (docker-py's default of 10 would queue parallel starts). Raises :class:`LaunchError`
+    when the engine cannot be reached.
+    """
+    import docker
+
+    try:
+        client = docker.from_env(max_pool_size=max(10, 2 * workers + 4), timeout=timeout)
+        client.ping()
+    except _connection_errors() as exc:
+        raise _engine_error(exc) from None
+    return client
+
+
+# --------------------------------------------------------------------------------------------------------
+# Host preparation
+
+
+def write_planned_files(specs: Iterable[WorkerSpec]) -> None:
+    """Write each worker's planned overlay files (small, container-only git files)."""
+    for spec in specs:
+        for planned in spec.files:
+            path = Path(planned.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.read_text() != planned.content:
+                path.write_text(planned.content)
+
+
+def _prepare_host(plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> None:
+    write_planned_files(specs)
+    Path(plan.state_dir).mkdir(parents=True, exist_ok=True)
+    Path(plan.log_dir).mkdir(parents=True, exist_ok=True)
+    _worktrees.ensure_base_branch(plan.repo, plan.base_branch)
+    for spec in specs:
+        _worktrees.ensure_worktree(plan.repo, spec.worktree)
+        Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+        for m in spec.mounts:
+            # Shared directories of the main checkout may not exist in a fresh repository yet.
+            if m.target in _SHARED_DIR_TARGETS and not m.read_only:
+                Path(m.source).mkdir(parents=True, exist_ok=True)
+    missing = [f"{m.source} (for {m.target})" for spec in specs for m in spec.mounts if not os.path.lexists(m.source)]
+    if missing:
+        raise LaunchError(
+            f"Failed to start container: mount source missing: {', '.join(sorted(set(missing)))}",
+            hint="run the launch again from the repository root, or recreate the missing path",
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Containers by owner
+
+
+def feature_containers(client: Any, repo: str, feature: str, *, running_only: bool = False) -> list[dict[str, Any]]:
+    """The engine's container summaries (``docker ps`` rows) labelled with ``repo`` and ``feature``."""
+    filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_REPO}={repo}", f"{LABEL_FEATURE}={feature}"]}
+    try:
+        return list(client.api.containers(all=not running_only, filters=filters))
+    except _connection_errors() as exc:
+        raise _engine_error(exc) from None
+
+
+def _owner_text(labels: dict[str, str]) -> str:
+    if labels.get(LABEL_MANAGED) != "true":
+        return "not created by mahabharatha"
+    return f"repo {labels.get(LABEL_REPO, '?')}, feature {labels.get(LABEL_FEATURE, '?')}"
+
+
+def _stale_containers(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> list[str]:
+    """Ids of existing containers with the planned names that belong to this repo and feature.
+
+    A same-named container owned by anything else makes the launch refuse (before any effect).
+    """
+    names = {spec.name for spec in specs}
+    rows = client.api.containers(all=True, filters={"name": [f"^/{n}$" for n in sorted(names)]})
+    stale: list[str] = []
+    for row in rows:
+        name = next((n.lstrip("/") for n in row.get("Names") or () if n.lstrip("/") in names), None)
+        if name is None:
+            continue
+        labels = row.get("Labels") or {}
+        if (
+            labels.get(LABEL_MANAGED) == "true"
+            and labels.get(LABEL_REPO) == plan.repo
+            and labels.get(LABEL_FEATURE) == plan.feature
+        ):
+            stale.append(row["Id"])
+            continue
+        if labels.get(LABEL_MANAGED) == "true":
+            fix = (
+                f"run `mahabharatha cleanup {labels.get(LABEL_FEATURE, 'FEATURE')}` in {labels.get(LABEL_REPO, 'its repo')}"
+                " or set workers.container_prefix to another name"
+            )
+        else:
+            fix = "remove or rename it, or set workers.container_prefix to another name"
+        raise LaunchError(
+            f"Failed to start container: a container named {name} already exists and belongs to "
+            f"{_owner_text(labels)}, not to repo {plan.repo}, feature {plan.feature}; not removing it",
+            hint=fix,
+        )
+    return stale
+
+
+def _check_images(client: Any, specs: Sequence[WorkerSpec]) -> None:
+    import docker.errors
+
+    for image in sorted({spec.image for spec in specs}):
+        try:
+            client.images.get(image)  # never pull
+        except docker.errors.ImageNotFound:
+            raise LaunchError(
+                f"Failed to start container: image {image} not found on the Docker engine",
+                hint=f"build it with `{BUILD_COMMAND}` (or `mahabharatha build-image`)",
+            ) from None
+
+
+def _remove_ids(client: Any, ids: Iterable[str]) -> None:
+    import docker.errors
+
+    for cid in ids:
+        try:
+            client.api.remove_container(cid, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise
+
+
+# --------------------------------------------------------------------------------------------------------
+# Starting and watching
+
+
+class _Events:
+    """The engine's container events for one repo+feature, read by a background thread.
+
+    Opened *before* any container starts so no event is missed; ``close()`` ends the stream from another
+    thread.
+    """
+
+    def __init__(self, client: Any, repo: str, feature: str, cond: threading.Condition) -> None:
+        self._cond = cond
+        self.actions: dict[str, list[str]] = collections.defaultdict(list)
+        self._stream = client.events(
+            decode=True,
+            filters={"type": "container", "label": [f"{LABEL_REPO}={repo}", f"{LABEL_FEATURE}={feature}"]},
+        )
+        self._thread = threading.Thread(target=self._run, name="mahabharatha-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._stream:
+                actor = event.get("Actor") or {}
+                cid = actor.get("ID") or event.get("id")
+                action = (event.get("Action") or event.get("status") or "").split(":", 1)[0]
+                if cid and action:
+                    with self._cond:
+                        self.actions[cid].append(action)
+                        self._cond.notify_all()
+        except Exception:  # noqa: BLE001 - closing the stream from another thread ends iteration with an error
+            pass
+
+    def seen(self, cid: str, *actions: str) -> bool:
+        return any(a in actions for a in self.actions.get(cid, ()))
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class _LogCopy(threading.Thread):
+    """Follows one container's output, appends it (secrets redacted) to the host log, and spots the ready line.
+
+    Keeps running after the launch returns, for as long as the container runs.
+    """
+
+    def __init__(self, container: Any, spec: WorkerSpec, cond: threading.Condition, redact: Callable[[str], str]):
+        super().__init__(name=f"mahabharatha-log-{spec.worker_id}", daemon=True)
+        self._container = container
+        self._spec = spec
+        self._cond = cond
+        self._redact = redact
+        self._marker = ready_line(spec.worker_id)
+        self.tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
+        self.ready = False
+        self.ended = False
+
+    def _line(self, raw: bytes, out: Any) -> None:
+        text = self._redact(raw.decode("utf-8", "replace"))
+        out.write(text.encode("utf-8"))
+        out.flush()
+        line = text.rstrip("\r\n")
+        self.tail.append(line)
+        if line == self._marker or line.startswith(self._marker + " "):
+            with self._cond:
+                self.ready = True
+                self._cond.notify_all()
+
+    def run(self) -> None:
+        pending = b""
+        try:
+            with open(self._spec.log_path, "ab") as out:
+                try:
+                    for chunk in self._container.logs(stream=True, follow=True):
+                        pending += chunk
+                        *lines, pending = pending.split(b"\n")
+                        for raw in lines:
+                            self._line(raw + b"\n", out)
+                except Exception:  # noqa: BLE001 - the stream ends with an error when the container is removed
+                    pass
+                if pending:
+                    self._line(pending, out)
+        finally:
+            with self._cond:
+                self.ended = True
+                self._cond.notify_all()
+
+
+class _Fleet:
+    """Creates, starts and verifies a set of workers in parallel; cleans up everything it made on failure."""
+
+    def __init__(self, client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> None:
+        self.client = client
+        self.plan = plan
+        self.specs = specs
+        self.cond = threading.Condition()
+        self.redact = _redactor(specs)
+        self.created: list[str] = []
+        self.aborted = False
+        self.events: _Events | None = None
+
+    def _abort(self) -> None:
+        with self.cond:
+            self.aborted = True
+            self.cond.notify_all()
+
+    def _wait(self, predicate: Callable[[], bool], deadline: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: predicate() or self.aborted, timeout=max(0.0, deadline - time.monotonic())) and not self.aborted and predicate()
+
+    def _one(self, spec: WorkerSpec) -> WorkerHandle:
+        import docker.errors
+
+        kwargs = create_kwargs(spec, reveal_secrets=True)
+        image, command = kwargs.pop("image"), kwargs.pop("command")
+        try:
+            container = self.client.containers.create(image, command, **kwargs)
+        except docker.errors.ImageNotFound:
+            raise LaunchError(
+                f"Failed to start container {spec.name}: image {spec.image} not found",
+                hint=f"build it with `{BUILD_COMMAND}`",
+            ) from None
+        except docker.errors.APIError as exc:
+            raise LaunchError(
+                f"Failed to start container {spec.name}: {self.redact(str(exc.explanation or exc))}"
+            ) from None
+        except _connection_errors() as exc:
+            raise _engine_error(exc) from None
+        with self.cond:
+            self.created.append(container.id)
+            if self.aborted:
+                raise LaunchError(f"Failed to start container {spec.name}: launch aborted")
+        running_deadline = time.monotonic() + spec.ready_timeout_s
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise LaunchError(
+                f"Failed to start container {spec.name}: {self.redact(str(exc.explanation or exc))}"
+            ) from None
+        except _connection_errors() as exc:
+            raise _engine_error(exc) from None
+        started_at = time.monotonic()
+        logs = _LogCopy(container, spec, self.cond, self.redact)
+        logs.start()
+        assert self.events is not None
+        events = self.events
+        cid = container.id
+        if not self._wait(lambda: events.seen(cid, "start", "die") or logs.ended, running_deadline):
+            if self.aborted:
+                raise LaunchError(f"Container failed to become ready: {spec.name}: launch aborted")
+            raise LaunchError(
+                f"Container failed to become ready: {spec.name} was not running after {spec.ready_timeout_s:.0f} s"
+            )
+        ready_deadline = started_at + spec.start_timeout_s
+        if not self._wait(lambda: logs.ready or logs.ended, ready_deadline) or not logs.ready:
+            if self.aborted:
+                raise LaunchError(f"Worker process failed to start in {spec.name}: launch aborted")
+            state = self._state(cid)
+            if state.get("Running"):
+                why = f"no `{ready_line(spec.worker_id)}` line after {spec.start_timeout_s:.0f} s"
+            else:
+                code = state.get("ExitCode")
+                why = f"the container exited with code {code} ({exit_meaning(code)})"
+                if state.get("OOMKilled"):
+                    why += ", OOMKilled"
+                why += " before the worker announced itself"
+            last = " | ".join(line for line in logs.tail if line.strip()) or "(no output)"
+            raise LaunchError(
+                f"Worker process failed to start in {spec.name}: {why}; last log lines: {last}",
+                hint=f"full log: {spec.log_path}",
+            )
+        return WorkerHandle(spec.worker_id, cid, spec.name, "running")
+
+    def _state(self, cid: str) -> dict[str, Any]:
+        try:
+            return dict(self.client.api.inspect_container(cid).get("State") or {})
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def run(self, *, keep_failed: bool) -> tuple[WorkerHandle, ...]:
+        self.events = _Events(self.client, self.plan.repo, self.plan.feature, self.cond)
+        failure: BaseException | None = None
+        handles: dict[int, WorkerHandle] = {}
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, len(self.specs)), thread_name_prefix="mahabharatha-start") as pool:
+                futures = {pool.submit(self._one, spec): spec for spec in self.specs}
+                for future in _as_completed(futures):
+                    try:
+                        handle = future.result()
+                        handles[handle.worker_id] = handle
+                    except BaseException as exc:  # noqa: BLE001 - first failure wins; the rest are aborted
+                        if failure is None:
+                            failure = exc
+                            self._abort()
+        except BaseException as exc:  # KeyboardInterrupt while waiting: same cleanup
+            failure = failure or exc
+            self._abort()
+        finally:
+            self.events.close()
+        if failure is not None:
+            if not keep_failed:
+                try:
+                    _remove_ids(self.client, self.created)
+                except Exception:  # noqa: BLE001 - report the launch failure, not the cleanup one
+                    pass
+            elif isinstance(failure, LaunchError):
+                failure.hint = (failure.hint + "; " if failure.hint else "") + "containers kept for debugging (--keep-failed)"
+            raise failure
+        return tuple(handles[spec.worker_id] for spec in self.specs)
+
+
+def _as_completed(futures: Iterable[Any]) -> Iterable[Any]:
+    from concurrent.futures import as_completed
+
+    return as_completed(list(futures))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Public effects
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """Turn docker-py/requests failures of read-only checks into one-line LaunchErrors."""
+    import docker.errors
+
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise LaunchError(f"Failed to start container: the Docker engine refused: {exc.explanation or exc}") from None
+    except _connection_errors() as exc:
+        raise _engine_error(exc) from None
+
+
+def _container_plan(plan: LaunchPlan) -> None:
+    if plan.mode != "container":
+        raise LaunchError(f"execute() runs container plans; this plan's mode is {plan.mode!r}")
+    if not plan.workers:
+        raise LaunchError("The plan has no workers to start")
+
+
+def execute(plan: LaunchPlan, *, client: Any = None, keep_failed: bool = False) -> Launch:
+    """Start every planned worker and return when all of them announced themselves.
+
+    ``client`` is a ``docker.DockerClient`` (default: :func:`make_client`, from the environment, so
+    ``DOCKER_HOST`` works). Raises :class:`LaunchError` ("Failed to start container", "Container failed to
+    become ready", "Worker process failed to start") after removing the containers this launch started,
+    unless ``keep_failed``. Worktrees are never deleted.
+    """
+    _container_plan(plan)
+    client = client if client is not None else make_client(workers=len(plan.workers))
+    specs = plan.workers
+    with _engine_errors():
+        _check_images(client, specs)
+        stale = _stale_containers(client, plan, specs)
+    _prepare_host(plan, specs)
+    _remove_ids(client, stale)
+    handles = _Fleet(client, plan, specs).run(keep_failed=keep_failed)
+    return Launch(plan.plan_id, plan.repo, plan.feature, handles)
+
+
+def start_worker(client: Any, plan: LaunchPlan, spec: WorkerSpec, *, keep_failed: bool = False) -> WorkerHandle:
+    """(Re)start one planned worker, e.g. after it exited for its context limit.
+
+    Same checks and guarantees as :func:`execute`, for one worker: its stale container is replaced, a
+    same-named container of anyone else is refused.
+    """
+    _container_plan(plan)
+    with _engine_errors():
+        _check_images(client, [spec])
+        stale = _stale_containers(client, plan, [spec])
+    _prepare_host(plan, [spec])
+    _remove_ids(client, stale)
+    return _Fleet(client, plan, [spec]).run(keep_failed=keep_failed)[0]
+
+
+def _exit_from(attrs: dict[str, Any], name: str = "") -> WorkerExit:
+    state = attrs.get("State") or {}
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    running = bool(state.get("Running")) or state.get("Status") in ("created", "running", "restarting")
+    code = None if running else state.get("ExitCode")
+    return WorkerExit(
+        worker_id=int(labels.get(LABEL_WORKER, "-1")),
+        exit_code=code,
+        meaning=exit_meaning(code),
+        oom_killed=bool(state.get("OOMKilled")),
+        name=name or str(attrs.get("Name", "")).lstrip("/"),
+    )
+
+
+def worker_exit(client: Any, name: str) -> WorkerExit | None:
+    """The worker's state now (``exit_code`` None while it runs), or None when no such container exists."""
+    import docker.errors
+
+    try:
+        return _exit_from(client.api.inspect_container(name), name)
+    except docker.errors.NotFound:
+        return None
+
+
+def wait_exit(client: Any, name: str, timeout: float | None = None) -> WorkerExit:
+    """Block until container ``name`` exits (or ``timeout`` seconds pass) and report how it ended.
+
+    State (exit code, ``OOMKilled``) is read from the engine before anything removes the container.
+    """
+    import docker.errors
+    import requests
+
+    try:
+        client.api.wait(name, timeout=timeout)
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        pass  # timed out: report the state as it is (still running)
+    except docker.errors.NotFound:
+        raise LaunchError(f"No container named {name}") from None
+    result = worker_exit(client, name)
+    if result is None:
+        raise LaunchError(f"Container {name} disappeared before its exit could be read")
+    return result
+
+
+def stop_workers(client: Any, repo: str, feature: str, timeout: float = 30.0) -> list[WorkerExit]:
+    """Stop the feature's running workers gracefully (SIGTERM through init, SIGKILL after ``timeout``), in
+    parallel, and report how each ended."""
+    import docker.errors
+
+    rows = feature_containers(client, repo, feature, running_only=True)
+
+    def stop(row: dict[str, Any]) -> WorkerExit | None:
+        try:
+            client.api.stop(row["Id"], timeout=max(0, int(timeout)))
+        except docker.errors.NotFound:
+            return None
+        return worker_exit(client, row["Id"])
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(rows), 16))) as pool:
+        results = [r for r in pool.map(stop, rows) if r is not None]
+    return sorted(results, key=lambda r: r.worker_id)
+
+
+def remove_containers(client: Any, repo: str, feature: str) -> list[str]:
+    """Remove (force) every container labelled with this repo and feature; returns their names."""
+    rows = feature_containers(client, repo, feature)
+    _remove_ids(client, [row["Id"] for row in rows])
+    return sorted(n.lstrip("/") for row in rows for n in (row.get("Names") or ())[:1])
