@@ -1,0 +1,311 @@
+"""Build the :class:`~mahabharatha.core.model.LaunchPlan`: pure, deterministic, complete before anything runs.
+
+For worker N of feature F in repository R (see the team brief for the full tables): the worktree
+``R/../.mahabharatha-worktrees/F/worker-N`` on branch ``mahabharatha/F/worker-N`` is mounted at
+``/workspace``; small overlay files under ``R/.mahabharatha/runtime/F/worker-N`` are bind-mounted read-only
+over the worktree's git pointers so container git finds the shared repository at ``/repo/.git`` without
+rewriting the host's files; hooks and config of the shared repository are read-only so a container cannot
+plant code that host git later runs.
+
+Everything is computed from parameters (no I/O). Values shared by all workers are built once and reused,
+so a 1000-worker plan costs a few milliseconds. ``plan_id`` is a short sha256 of the plan's canonical JSON
+(secrets redacted, computed with an empty id), so the same inputs give the same id and byte-identical JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+
+import msgspec
+
+from ..errors import ConfigError
+from ..worker import protocol as P
+from .config import Config, validate_feature
+from .memory import MEMORY_FORMS, MemoryLimitError, parse_memory
+from .model import (
+    LABEL_FEATURE,
+    LABEL_MANAGED,
+    LABEL_PLAN,
+    LABEL_REPO,
+    LABEL_WORKER,
+    AuthSummary,
+    EnvVar,
+    Label,
+    LaunchPlan,
+    Mount,
+    PlannedFile,
+    SecretEnvVar,
+    Tmpfs,
+    WorkerSpec,
+    Worktree,
+)
+from .secret import redacting_enc_hook
+
+__all__ = [
+    "build_plan",
+    "plan_json",
+    "worktree_path",
+    "worker_branch",
+    "base_branch",
+    "overlay_dir",
+    "WORKER_COMMAND",
+    "PLAN_ID_LENGTH",
+]
+
+WORKER_COMMAND = ("python3", "-m", P.RUNTIME_PACKAGE)
+PLAN_ID_LENGTH = 12
+OVERLAY_MOUNT = "/opt/mahabharatha/overlay"
+REPO_GSD = "/repo/.gsd"
+
+# Contents of the overlay files (see DESIGN.md: git worktrees in containers).
+DOTGIT_CONTENT = f"gitdir: {P.GIT_WORKTREE_DIR}\n"
+COMMONDIR_CONTENT = f"{P.GIT_MAIN_DIR}\n"
+GITDIR_CONTENT = f"{P.WORKSPACE}/.git\n"
+EXCLUDE_CONTENT = "/.git-worktree/\n/.mahabharatha/\n"
+
+_TMPFS_OPTIONS = "rw,nosuid,nodev,exec"
+_ENCODER = msgspec.json.Encoder(enc_hook=redacting_enc_hook, order="sorted")
+
+
+def worktree_path(repo: str, feature: str, worker_id: int) -> str:
+    return f"{_worktree_root(repo, feature)}/worker-{worker_id}"
+
+
+def _worktree_root(repo: str, feature: str) -> str:
+    return posixpath.join(posixpath.dirname(repo), ".mahabharatha-worktrees", feature)
+
+
+def worker_branch(feature: str, worker_id: int) -> str:
+    return f"mahabharatha/{feature}/worker-{worker_id}"
+
+
+def base_branch(feature: str) -> str:
+    return f"mahabharatha/{feature}/base"
+
+
+def overlay_dir(repo: str, feature: str, worker_id: int) -> str:
+    return f"{repo}/.mahabharatha/runtime/{feature}/worker-{worker_id}"
+
+
+def plan_json(plan: LaunchPlan) -> bytes:
+    """Canonical JSON of a plan: sorted keys, secrets redacted. Same plan, same bytes."""
+    return _ENCODER.encode(plan)
+
+
+def build_plan(
+    *,
+    repo: str,
+    feature: str,
+    config: Config,
+    auth: AuthSummary,
+    secrets: tuple[SecretEnvVar, ...] = (),
+    uid: int,
+    gid: int,
+    worker_runtime_dir: str,
+    requested_workers: int | None = None,
+    config_path: str = "",
+    notices: tuple[str, ...] = (),
+) -> LaunchPlan:
+    """Compute the whole launch from already-gathered inputs. Pure and deterministic.
+
+    ``repo`` and ``worker_runtime_dir`` must be absolute, resolved paths. ``requested_workers`` defaults to
+    ``workers.max_concurrent`` and is capped by it (with a notice). Raises ConfigError for bad inputs.
+    """
+    if not posixpath.isabs(repo) or not posixpath.isabs(worker_runtime_dir):
+        raise ConfigError(f"repository and worker runtime paths must be absolute, got {repo!r}, {worker_runtime_dir!r}")
+    repo = posixpath.normpath(repo)
+    if repo == "/":
+        raise ConfigError("the repository root cannot be / (worktrees are created next to the repository)")
+    validate_feature(feature, "feature")
+    w, r, s = config.workers, config.resources, config.security
+    if requested_workers is None:
+        requested_workers = w.max_concurrent
+    if isinstance(requested_workers, bool) or not isinstance(requested_workers, int) or requested_workers < 1:
+        raise ConfigError(f"--workers: expected a whole number >= 1, found {requested_workers!r}")
+    try:
+        mem_limit, mem_bytes = parse_memory(r.container_memory_limit)
+    except MemoryLimitError as exc:
+        raise ConfigError(
+            f"resources.container_memory_limit: expected {MEMORY_FORMS}, found {r.container_memory_limit!r} ({exc})"
+        ) from None
+
+    all_notices = list(notices)
+    count = min(requested_workers, w.max_concurrent)
+    if count < requested_workers:
+        all_notices.append(f"Capped {requested_workers} workers to workers.max_concurrent={w.max_concurrent}")
+    all_notices.extend(_auth_notices(auth, secrets, count, repo))
+
+    base = base_branch(feature)
+    state_dir = f"{repo}/.mahabharatha/state"
+    log_dir = f"{repo}/.mahabharatha/logs/workers"
+    git_dir = f"{repo}/.git"
+    spec_dir = f"{REPO_GSD}/specs/{feature}"
+
+    # Built once, shared by every worker.
+    shared_mounts_mid = (
+        Mount(source=state_dir, target=P.STATE_MOUNT, read_only=False),
+        Mount(source=git_dir, target=P.GIT_MAIN_DIR, read_only=False),
+        Mount(source=f"{git_dir}/hooks", target=f"{P.GIT_MAIN_DIR}/hooks", read_only=True),
+        Mount(source=f"{git_dir}/config", target=f"{P.GIT_MAIN_DIR}/config", read_only=True),
+        Mount(source=f"{repo}/.gsd", target=REPO_GSD, read_only=False),
+    )
+    shared_mounts_tail: list[Mount] = [
+        Mount(source=worker_runtime_dir, target=f"{P.RUNTIME_LIB}/{P.RUNTIME_PACKAGE}", read_only=True)
+    ]
+    if auth.claude_dir is not None:
+        shared_mounts_tail.append(Mount(source=auth.claude_dir, target=f"{P.WORKER_HOME}/.claude", read_only=False))
+    if auth.claude_json is not None:
+        shared_mounts_tail.append(
+            Mount(source=auth.claude_json, target=f"{P.WORKER_HOME}/.claude.json", read_only=False)
+        )
+    tail = tuple(shared_mounts_tail)
+    tmpfs = (
+        (
+            Tmpfs(target="/tmp", options=f"{_TMPFS_OPTIONS},size=512m,mode=1777"),
+            Tmpfs(target=P.WORKER_HOME, options=f"{_TMPFS_OPTIONS},size=256m,mode=1777"),
+            Tmpfs(target="/run", options="rw,nosuid,nodev,size=16m"),
+        )
+        if s.container_readonly
+        else ()
+    )
+    shared_env = {
+        "HOME": P.WORKER_HOME,
+        P.ENV_FEATURE: feature,
+        P.ENV_BASE_BRANCH: base,
+        P.ENV_GIT_WORKTREE_DIR: P.GIT_WORKTREE_DIR,
+        P.ENV_GIT_MAIN_DIR: P.GIT_MAIN_DIR,
+        P.ENV_STATE_DIR: P.STATE_MOUNT,
+        "MAHABHARATHA_SPEC_DIR": spec_dir,
+        P.ENV_AGENT_COMMAND: w.agent_command,
+        "GIT_CONFIG_COUNT": "2",
+        "GIT_CONFIG_KEY_0": "core.excludesFile",
+        "GIT_CONFIG_VALUE_0": f"{OVERLAY_MOUNT}/exclude",
+        "GIT_CONFIG_KEY_1": "safe.directory",
+        "GIT_CONFIG_VALUE_1": "*",
+        "PYTHONPATH": P.RUNTIME_LIB,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    per_worker_names = (
+        P.ENV_WORKER_ID, P.ENV_BRANCH, "GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME", "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_EMAIL",
+    )
+    # The sorted env layout: a shared EnvVar, or None for a per-worker slot filled below.
+    env_layout = [
+        (name, EnvVar(name=name, value=shared_env[name]) if name in shared_env else None)
+        for name in sorted((*shared_env, *per_worker_names))
+    ]
+    secret_env = tuple(sorted(secrets, key=lambda e: e.name))
+    label_feature = Label(key=LABEL_FEATURE, value=feature)
+    label_managed = Label(key=LABEL_MANAGED, value="true")
+    label_repo = Label(key=LABEL_REPO, value=repo)
+    placeholder_plan = Label(key=LABEL_PLAN, value="")
+    user = f"{uid}:{gid}"
+    cap_drop = ("ALL",) if s.drop_capabilities else ()
+    security_opt = ("no-new-privileges:true",) if s.no_new_privileges else ()
+    cpus = float(r.container_cpu_limit)
+    wt_root = _worktree_root(repo, feature)
+
+    specs: list[WorkerSpec] = []
+    worker_labels: list[Label] = []
+    for n in range(count):
+        wt_path = f"{wt_root}/worker-{n}"
+        branch = f"mahabharatha/{feature}/worker-{n}"
+        admin = f"{git_dir}/worktrees/worker-{n}"
+        overlay = f"{repo}/.mahabharatha/runtime/{feature}/worker-{n}"
+        who = f"mahabharatha worker {n}"
+        email = f"worker-{n}@mahabharatha.invalid"
+        per = {
+            P.ENV_WORKER_ID: str(n), P.ENV_BRANCH: branch, "GIT_AUTHOR_NAME": who, "GIT_COMMITTER_NAME": who,
+            "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_EMAIL": email,
+        }
+        environment = tuple(var if var is not None else EnvVar(name=name, value=per[name]) for name, var in env_layout)
+        dotgit, commondir, gitdir = f"{overlay}/dotgit", f"{overlay}/commondir", f"{overlay}/gitdir"
+        mounts = (
+            Mount(source=wt_path, target=P.WORKSPACE, read_only=False),
+            Mount(source=dotgit, target=f"{P.WORKSPACE}/.git", read_only=True),
+            Mount(source=admin, target=P.GIT_WORKTREE_DIR, read_only=False),
+            Mount(source=commondir, target=f"{P.GIT_WORKTREE_DIR}/commondir", read_only=True),
+            Mount(source=gitdir, target=f"{P.GIT_WORKTREE_DIR}/gitdir", read_only=True),
+            *shared_mounts_mid,
+            Mount(source=overlay, target=OVERLAY_MOUNT, read_only=True),
+            *tail,
+        )
+        worker_label = Label(key=LABEL_WORKER, value=str(n))
+        worker_labels.append(worker_label)
+        specs.append(
+            WorkerSpec(
+                worker_id=n,
+                name=f"{w.container_prefix}-{n}",
+                image=r.container_image,
+                command=WORKER_COMMAND,
+                mounts=mounts,
+                tmpfs=tmpfs,
+                environment=environment,
+                secret_environment=secret_env,
+                mem_limit=mem_limit,
+                mem_limit_bytes=mem_bytes,
+                cpus=cpus,
+                pids_limit=r.pids_limit,
+                read_only=s.container_readonly,
+                user=user,
+                working_dir=P.WORKSPACE,
+                labels=(label_feature, label_managed, placeholder_plan, label_repo, worker_label),
+                cap_drop=cap_drop,
+                security_opt=security_opt,
+                init=True,
+                worktree=Worktree(worker_id=n, path=wt_path, branch=branch, base=base, admin_dir=admin),
+                files=(
+                    PlannedFile(path=dotgit, content=DOTGIT_CONTENT),
+                    PlannedFile(path=commondir, content=COMMONDIR_CONTENT),
+                    PlannedFile(path=gitdir, content=GITDIR_CONTENT),
+                    PlannedFile(path=f"{overlay}/exclude", content=EXCLUDE_CONTENT),
+                ),
+                log_path=f"{log_dir}/worker-{n}.stdout.log",
+            )
+        )
+
+    draft = LaunchPlan(
+        plan_id="",
+        repo=repo,
+        feature=feature,
+        mode=w.launcher_type,
+        image=r.container_image,
+        container_prefix=w.container_prefix,
+        base_branch=base,
+        state_dir=state_dir,
+        log_dir=log_dir,
+        config_path=config_path,
+        requested_workers=requested_workers,
+        workers=tuple(specs),
+        worktrees=tuple(spec.worktree for spec in specs),
+        auth=auth,
+        notices=tuple(all_notices),
+        retry_attempts=w.retry_attempts,
+        timeout_minutes=w.timeout_minutes,
+        agent_command=w.agent_command,
+    )
+    plan_id = hashlib.sha256(plan_json(draft)).hexdigest()[:PLAN_ID_LENGTH]
+    label_plan = Label(key=LABEL_PLAN, value=plan_id)
+    replace = msgspec.structs.replace
+    workers = tuple(
+        replace(spec, labels=(label_feature, label_managed, label_plan, label_repo, wl))
+        for spec, wl in zip(specs, worker_labels)
+    )
+    return replace(draft, plan_id=plan_id, workers=workers)
+
+
+def _auth_notices(auth: AuthSummary, secrets: tuple[SecretEnvVar, ...], count: int, repo: str) -> list[str]:
+    names = {e.name for e in secrets}
+    if not names and not auth.oauth:
+        return [
+            "No Claude credentials found: set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN (environment or "
+            f"{repo}/.env), or log in so ~/.claude exists; agents that call the API will fail"
+        ]
+    if auth.oauth and not names and count > 1:
+        return [
+            f"{count} workers share ~/.claude: concurrent OAuth token refreshes can log each other out; "
+            "a long-lived CLAUDE_CODE_OAUTH_TOKEN (claude setup-token) avoids it"
+        ]
+    return []
