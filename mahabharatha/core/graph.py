@@ -1,0 +1,176 @@
+"""The feature's task graph (``.gsd/specs/<feature>/task-graph.json``): model and validation. Pure.
+
+The design phase writes the graph; container mode reads it before anything starts. :func:`load_graph`
+decodes the text and checks, in this order, each with one :class:`~mahabharatha.errors.GraphError` line
+naming the graph file, the task ids and the fix:
+
+1. the JSON and its types (the path of the bad field, e.g. ``$.tasks[2].level``), duplicate task ids;
+2. a dependency on a task that does not exist;
+3. a dependency cycle (the cycle is spelled out);
+4. a dependency on a task of the same or a later level (levels run in order, all tasks of a level at once);
+5. two tasks of one level owning (``files.create`` / ``files.modify``) the same file: they would run at the
+   same time in different worktrees and their merge would conflict.
+
+Fields the model does not know (the design phase adds its own) are ignored, so are the optional ``levels``
+descriptions: the level of a task is its ``level`` field.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from ..errors import GraphError
+
+__all__ = ["Files", "Verification", "Task", "TaskGraph", "load_graph", "graph_path", "DEFAULT_VERIFY_TIMEOUT_S"]
+
+DEFAULT_VERIFY_TIMEOUT_S = 300
+
+
+def graph_path(repo: str, feature: str) -> str:
+    """Where the design phase writes the feature's graph."""
+    return f"{repo}/.gsd/specs/{feature}/task-graph.json"
+
+
+class Files(msgspec.Struct, frozen=True):
+    create: tuple[str, ...] = ()
+    modify: tuple[str, ...] = ()
+    read: tuple[str, ...] = ()
+
+    @property
+    def owned(self) -> tuple[str, ...]:
+        """Files the task writes (created or modified), normalised."""
+        return tuple(_norm(p) for p in (*self.create, *self.modify))
+
+
+class Verification(msgspec.Struct, frozen=True):
+    command: str = ""  # shell syntax; empty means nothing to verify
+    timeout_seconds: Annotated[float, Meta(gt=0)] = DEFAULT_VERIFY_TIMEOUT_S
+
+
+class Task(msgspec.Struct, frozen=True):
+    id: Annotated[str, Meta(min_length=1)]
+    level: Annotated[int, Meta(ge=0)]
+    title: str = ""
+    description: str = ""
+    dependencies: tuple[str, ...] = ()
+    files: Files = Files()
+    verification: Verification = Verification()
+
+
+class TaskGraph(msgspec.Struct, frozen=True):
+    feature: Annotated[str, Meta(min_length=1)]
+    tasks: tuple[Task, ...]
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """The distinct levels, ascending (the order they run in)."""
+        return tuple(sorted({t.level for t in self.tasks}))
+
+    def tasks_at(self, level: int) -> tuple[Task, ...]:
+        return tuple(t for t in self.tasks if t.level == level)
+
+    def task(self, task_id: str) -> Task:
+        for t in self.tasks:
+            if t.id == task_id:
+                return t
+        raise KeyError(task_id)
+
+
+def _norm(path: str) -> str:
+    p = posixpath.normpath(path.strip())
+    return p[2:] if p.startswith("./") else p
+
+
+def _fail(path: str, message: str, hint: str) -> GraphError:
+    return GraphError(f"{path}: {message}", hint=hint)
+
+
+def load_graph(path: str, text: str | bytes) -> TaskGraph:
+    """Decode and validate a task graph. ``path`` is only used in messages. Raises :class:`GraphError`."""
+    try:
+        graph = msgspec.json.decode(text, type=TaskGraph)
+    except msgspec.ValidationError as exc:
+        raise _fail(path, f"invalid task graph: {exc}", "fix that field of the task graph") from None
+    except msgspec.DecodeError as exc:
+        raise _fail(path, f"not valid JSON: {exc}", "fix the JSON syntax of the task graph") from None
+    validate(path, graph)
+    return graph
+
+
+def validate(path: str, graph: TaskGraph) -> None:
+    """The cross-task rules (see the module docstring). Raises :class:`GraphError` on the first broken rule."""
+    by_id: dict[str, Task] = {}
+    for t in graph.tasks:
+        if t.id in by_id:
+            raise _fail(path, f"task id {t.id!r} is used by two tasks", "give every task a unique id")
+        by_id[t.id] = t
+    for t in graph.tasks:
+        for dep in t.dependencies:
+            if dep not in by_id:
+                raise _fail(
+                    path,
+                    f"task {t.id!r} depends on unknown task {dep!r}",
+                    "fix the dependency id or add the missing task",
+                )
+    cycle = _find_cycle(graph.tasks)
+    if cycle:
+        raise _fail(
+            path,
+            f"dependency cycle: {' -> '.join(repr(c) for c in cycle)}",
+            "remove one of these dependencies",
+        )
+    for t in graph.tasks:
+        for dep in t.dependencies:
+            d = by_id[dep]
+            if d.level >= t.level:
+                where = "the same" if d.level == t.level else "a later"
+                raise _fail(
+                    path,
+                    f"task {t.id!r} (level {t.level}) depends on {dep!r} of {where} level ({d.level})",
+                    f"move {t.id!r} to a level after {d.level}, or drop the dependency",
+                )
+    owners: dict[tuple[int, str], str] = {}
+    for t in graph.tasks:
+        for f in dict.fromkeys(t.files.owned):
+            other = owners.setdefault((t.level, f), t.id)
+            if other != t.id:
+                raise _fail(
+                    path,
+                    f"tasks {other!r} and {t.id!r} of level {t.level} both create or modify {f!r}",
+                    "tasks of one level run at the same time: give the file to one of them or move the other "
+                    "to a later level",
+                )
+
+
+def _find_cycle(tasks: tuple[Task, ...]) -> list[str]:
+    """One dependency cycle as ``[a, b, ..., a]``, or ``[]``. Iterative DFS (deep graphs do not recurse)."""
+    deps = {t.id: t.dependencies for t in tasks}
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    for root in deps:
+        if root in state:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = [root]
+        state[root] = 1
+        while stack:
+            node, i = stack[-1]
+            children = deps.get(node, ())
+            if i < len(children):
+                stack[-1] = (node, i + 1)
+                child = children[i]
+                s = state.get(child)
+                if s == 1:
+                    return path[path.index(child):] + [child]
+                if s is None and child in deps:
+                    state[child] = 1
+                    stack.append((child, 0))
+                    path.append(child)
+            else:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+    return []
