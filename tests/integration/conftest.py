@@ -1,0 +1,231 @@
+"""Fixtures for end-to-end tests against the real Docker engine and real git (shared by every integration test).
+
+Engine and image
+- ``docker_client`` (session): a ``docker.DockerClient`` from the environment. Without a reachable engine the
+  test is skipped with the reason, or FAILS when ``MAHABHARATHA_REQUIRE_DOCKER=1`` (CI sets it, so in CI
+  every end-to-end test runs).
+- ``worker_image`` (session): the tag ``mahabharatha-worker:test``, built once and reused: the offline base
+  ``mahabharatha-base:trixie`` comes from ``scripts/build_offline_base.sh`` (debootstrap + docker import), the
+  image from ``.devcontainer/Dockerfile`` with ``BASE_IMAGE=mahabharatha-base:trixie INSTALL_CLAUDE=0``
+  through docker-py. A file lock makes parallel xdist workers build it once.
+- ``require_docker(reason)``: skip, or fail under ``MAHABHARATHA_REQUIRE_DOCKER=1``.
+
+Per test
+- ``git_repo``: a fresh repository (branch ``main``, one commit: ``README.md``), absolute and resolved, inside
+  its own temp dir so worktrees (``<repo>/../.mahabharatha-worktrees``) stay in the test's tmp tree.
+- ``temp_home``: an empty HOME directory (also exported as ``$HOME`` for the test).
+- ``container_prefix``: a unique container name prefix (``mh-test-<8 hex>``); containers are global on an
+  engine, so tests never use the default ``mahabharatha-worker`` names.
+- ``make_plan(workers=1, **changes)``: a container-mode LaunchPlan for ``git_repo`` (feature ``feat``) with the
+  test image and prefix, built by the real planner (``mahabharatha.core.plan.build_plan``); ``changes`` go to
+  ``msgspec.structs.replace`` on every WorkerSpec (e.g. ``command=...``). The ``ready_command`` fixture, called as ``ready_command(seconds)``, gives a
+  command that prints the ready line and sleeps, for tests that don't need the real worker runtime.
+- Teardown (label based): every container labelled ``io.mahabharatha.repo=<git_repo>``, and every container
+  whose name starts with ``container_prefix``, is removed after the test, pass or fail.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from mahabharatha.core.model import LABEL_REPO, LaunchPlan
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_IMAGE = "mahabharatha-worker:test"
+BASE_IMAGE = "mahabharatha-base:trixie"
+FEATURE = "feat"
+
+
+def require_docker(reason: str) -> None:
+    """Skip with ``reason``; under ``MAHABHARATHA_REQUIRE_DOCKER=1`` fail instead (CI runs every e2e test)."""
+    if os.environ.get("MAHABHARATHA_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"MAHABHARATHA_REQUIRE_DOCKER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    try:
+        import docker
+
+        client = docker.from_env(max_pool_size=32)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
+        require_docker(f"no Docker engine reachable ({type(exc).__name__}: {exc})")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker_image(docker_client: Any) -> str:
+    from mahabharatha.edge.images import ensure_image, image_exists
+
+    if image_exists(docker_client, TEST_IMAGE):
+        return TEST_IMAGE
+    lock_path = Path(tempfile.gettempdir()) / "mahabharatha-test-image.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker builds, the others wait and reuse
+        if not image_exists(docker_client, TEST_IMAGE):
+            if not image_exists(docker_client, BASE_IMAGE):
+                proc = subprocess.run(
+                    ["bash", str(ROOT / "scripts" / "build_offline_base.sh"), BASE_IMAGE],
+                    capture_output=True,
+                    text=True,
+                )
+                if proc.returncode != 0:
+                    require_docker(f"cannot build the offline base image {BASE_IMAGE}: {proc.stderr.strip()[-500:]}")
+            ensure_image(
+                docker_client,
+                TEST_IMAGE,
+                dockerfile=ROOT / ".devcontainer" / "Dockerfile",
+                buildargs={"BASE_IMAGE": BASE_IMAGE, "INSTALL_CLAUDE": "0"},
+            )
+    return TEST_IMAGE
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def _remove_where(client: Any, **filters: Any) -> None:
+    import docker.errors
+
+    for row in client.api.containers(all=True, filters=filters):
+        try:
+            client.api.remove_container(row["Id"], force=True)
+        except docker.errors.APIError:
+            pass
+
+
+@pytest.fixture
+def container_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    prefix = f"mh-test-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    if "docker_client" in request.fixturenames:
+        _remove_where(request.getfixturevalue("docker_client"), name=f"^/{prefix}")
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    repo = (tmp_path / "project" / "repo").resolve()
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("hello\n")
+    _git(repo, "add", "README.md")
+    _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", "initial")
+    yield repo
+    if "docker_client" in request.fixturenames:
+        _remove_where(request.getfixturevalue("docker_client"), label=f"{LABEL_REPO}={repo}")
+
+
+@pytest.fixture
+def temp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def _ready_command(seconds: float = 300) -> tuple[str, ...]:
+    """A worker command that announces itself like the real runtime, then idles."""
+    script = (
+        "import os, sys, time; "
+        "print('MAHABHARATHA_WORKER_READY worker=' + os.environ['ZERG_WORKER_ID'], flush=True); "
+        f"time.sleep({seconds})"
+    )
+    return ("python3", "-c", script)
+
+
+@pytest.fixture
+def ready_command() -> Callable[..., tuple[str, ...]]:
+    """``ready_command(seconds=300)``: a stand-in worker command (ready line, then sleep)."""
+    return _ready_command
+
+
+def plan_for(
+    repo: Path,
+    *,
+    home: Path,
+    feature: str = FEATURE,
+    workers: int = 1,
+    image: str = TEST_IMAGE,
+    prefix: str,
+    environ: dict[str, str] | None = None,
+    config: str | None = None,
+) -> LaunchPlan:
+    """A container-mode plan from the real planner, with explicit inputs (no real HOME or environment)."""
+    import mahabharatha.worker
+    from mahabharatha.core.auth import discover_auth
+    from mahabharatha.core.config import load_config
+    from mahabharatha.core.plan import build_plan
+
+    environ = dict(environ or {})
+    config_path = str(repo / ".mahabharatha" / "config.yaml")
+    resolved = load_config(
+        config_path,
+        config,
+        environ,
+        {
+            "workers.launcher_type": "container",
+            "workers.max_concurrent": max(workers, 1),
+            "workers.container_prefix": prefix,
+            "resources.container_image": image,
+        },
+    )
+    auth, secrets = discover_auth(
+        environ=environ,
+        dotenv_text=None,
+        dotenv_path=str(repo / ".env"),
+        home=str(home),
+        has_claude_dir=(home / ".claude").is_dir(),
+        has_claude_json=(home / ".claude.json").is_file(),
+    )
+    return build_plan(
+        repo=str(repo),
+        feature=feature,
+        config=resolved,
+        auth=auth,
+        secrets=secrets,
+        uid=os.getuid(),
+        gid=os.getgid(),
+        worker_runtime_dir=str(Path(mahabharatha.worker.__file__).resolve().parent),
+        requested_workers=workers,
+        config_path=config_path,
+    )
+
+
+@pytest.fixture
+def make_plan(
+    git_repo: Path, temp_home: Path, container_prefix: str, worker_image: str
+) -> Callable[..., LaunchPlan]:
+    def make(
+        workers: int = 1, *, environ: dict[str, str] | None = None, config: str | None = None, **changes: Any
+    ) -> LaunchPlan:
+        plan = plan_for(
+            git_repo,
+            home=temp_home,
+            workers=workers,
+            image=worker_image,
+            prefix=container_prefix,
+            environ=environ,
+            config=config,
+        )
+        if changes:
+            plan = msgspec.structs.replace(
+                plan, workers=tuple(msgspec.structs.replace(w, **changes) for w in plan.workers)
+            )
+        return plan
+
+    return make
