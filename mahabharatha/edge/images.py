@@ -33,6 +33,15 @@ def default_dockerfile() -> Path:
     return Path(__file__).resolve().parents[2] / ".devcontainer" / "Dockerfile"
 
 
+def _default_base(dockerfile: Path) -> str | None:
+    """The default of ``ARG BASE_IMAGE=...`` in a Dockerfile, if it declares one."""
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0].upper() == "ARG" and words[1].startswith("BASE_IMAGE="):
+            return words[1].split("=", 1)[1] or None
+    return None
+
+
 def image_exists(client: Any, tag: str) -> bool:
     """True when ``tag`` is present on the engine. Never pulls."""
     import docker.errors
@@ -111,10 +120,15 @@ def ensure_image(
             if "error" in chunk or "errorDetail" in chunk:
                 detail = chunk.get("error") or chunk.get("errorDetail", {}).get("message", "unknown error")
                 last = " | ".join(line for line in tail[-3:] if line)
-                raise LaunchError(
-                    f"Building image {tag} from {path} failed: {str(detail).strip()}",
-                    hint=f"last build output: {last}" if last else None,
-                )
+                hint = f"last build output: {last}" if last else None
+                base = (buildargs or {}).get("BASE_IMAGE") or _default_base(path)
+                if base and not image_exists(client, base):
+                    hint = (
+                        f"the base image {base} is not on the engine and could not be pulled; offline, build "
+                        "one with `scripts/build_offline_base.sh`, then `mahabharatha build-image --base-image "
+                        "mahabharatha-base:trixie`"
+                    )
+                raise LaunchError(f"Building image {tag} from {path} failed: {str(detail).strip()}", hint=hint)
             text = chunk.get("stream") or chunk.get("status") or ""
             for line in text.splitlines():
                 if not line.strip():

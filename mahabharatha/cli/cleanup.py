@@ -1,0 +1,100 @@
+"""``mahabharatha stop``, ``mahabharatha cleanup FEATURE`` and ``mahabharatha build-image``.
+
+Containers are found by their labels (repository + feature), never by name, so cleanup only ever touches
+what this repository's launches created. Worktrees with uncommitted work are kept unless ``--force``; worker
+branches are always kept (they hold the commits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from ..errors import ConfigError, LaunchError, MahabharathaError, WorktreeError
+from ..edge.git import git, git_ok
+
+__all__ = ["cmd_stop", "cmd_cleanup", "cmd_build_image"]
+
+
+def _repo_root(path: str) -> str:
+    where = Path(path).resolve()
+    if not git_ok(where, "rev-parse", "--show-toplevel"):
+        raise ConfigError(f"--repo: {where} is not inside a git repository", hint="run from your project or pass --repo")
+    return str(Path(git(where, "rev-parse", "--show-toplevel")).resolve())
+
+
+def _feature(repo: str, given: str | None) -> str:
+    from ..core.config import validate_feature
+
+    if given:
+        return validate_feature(given, "--feature")
+    current = Path(repo) / ".gsd" / ".current-feature"
+    if current.is_file() and current.read_text().strip():
+        return validate_feature(current.read_text().strip(), str(current))
+    raise ConfigError(f"No feature given and {current} does not exist", hint="pass --feature NAME")
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop the feature's workers gracefully (SIGTERM; they exit 130), killing them after --timeout."""
+    from ..edge import executor
+
+    repo = _repo_root(args.repo)
+    feature = _feature(repo, args.feature)
+    client = executor.make_client()
+    exits = executor.stop_workers(client, repo, feature, timeout=args.timeout)
+    if not exits:
+        print(f"No running workers for feature {feature} in {repo}")
+        return 0
+    for e in exits:
+        oom = ", OOMKilled" if e.oom_killed else ""
+        print(f"worker {e.worker_id} ({e.name}): exit {e.exit_code}: {e.meaning}{oom}")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove the feature's containers and worktrees; refuse (naming them) worktrees with uncommitted work."""
+    from ..edge import executor, worktrees
+
+    repo = _repo_root(args.repo)
+    feature = _feature(repo, args.feature)
+    engine_error: MahabharathaError | None = None
+    try:
+        removed = executor.remove_containers(executor.make_client(), repo, feature)
+        print(f"Removed {len(removed)} container(s){': ' + ', '.join(removed) if removed else ''}")
+    except LaunchError as exc:  # no engine: still clean up the worktrees, then report
+        engine_error = exc
+    refused: list[str] = []
+    done = 0
+    for path, _branch in worktrees.feature_worktrees(repo, feature):
+        try:
+            if worktrees.remove_worktree(repo, path, force=args.force):
+                done += 1
+        except WorktreeError:
+            refused.append(path)
+    worktrees.prune(repo)
+    print(f"Removed {done} worktree(s) of feature {feature}; branches mahabharatha/{feature}/* are kept")
+    if not refused:
+        shutil.rmtree(Path(repo) / ".mahabharatha" / "runtime" / feature, ignore_errors=True)
+    if refused:
+        raise WorktreeError(
+            f"Kept {len(refused)} worktree(s) with uncommitted changes: {', '.join(refused)}",
+            hint=f"commit or copy the work, or run `mahabharatha cleanup {feature} --force` to discard it",
+        )
+    if engine_error is not None:
+        raise engine_error
+    return 0
+
+
+def cmd_build_image(args: argparse.Namespace) -> int:
+    """Build the worker image from .devcontainer/Dockerfile (always rebuilds; the engine's cache keeps it fast)."""
+    from ..edge import executor
+    from ..edge.images import ensure_image
+
+    buildargs = {"INSTALL_CLAUDE": "0" if args.no_claude else "1"}
+    if args.base_image:
+        buildargs["BASE_IMAGE"] = args.base_image
+    client = executor.make_client()
+    image_id = ensure_image(client, args.tag, buildargs=buildargs, force=True, on_output=lambda line: print(line, flush=True))
+    print(f"Built {args.tag} ({image_id[:19]})")
+    return 0
