@@ -1,0 +1,130 @@
+"""The public :func:`plan`: gather the real inputs (files, environment, home, uid) and call the pure core.
+
+This is the only planning code that touches the filesystem, and it only reads: the repository root (found
+by walking up to the directory holding ``.git``), ``.mahabharatha/config.yaml``, ``.env``,
+``.gsd/.current-feature`` and whether ``~/.claude`` / ``~/.claude.json`` exist. It never imports Docker,
+so the dry-run works on a machine without a Docker engine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .core.auth import discover_auth
+from .core.config import CONFIG_RELPATH, load_config, validate_feature
+from .core.model import LaunchPlan
+from .core.plan import build_plan
+from .errors import ConfigError
+
+__all__ = ["plan", "find_repo_root", "CURRENT_FEATURE_RELPATH"]
+
+CURRENT_FEATURE_RELPATH = ".gsd/.current-feature"
+
+
+def plan(
+    repo: str | os.PathLike[str] = ".",
+    *,
+    feature: str | None = None,
+    workers: int | None = None,
+    mode: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> LaunchPlan:
+    """Compute the :class:`LaunchPlan` for ``repo`` (any directory inside the repository).
+
+    ``feature`` defaults to the contents of ``.gsd/.current-feature``; ``workers`` to
+    ``workers.max_concurrent`` (and is capped by it); ``mode`` (``"container"``/``"subprocess"``) overrides
+    ``workers.launcher_type``; ``environ`` and ``home`` default to the real ones. Raises
+    :class:`~mahabharatha.errors.ConfigError` for anything the user can fix.
+    """
+    env = os.environ if environ is None else environ
+    root = find_repo_root(repo)
+    config_path = root / CONFIG_RELPATH
+    config = load_config(
+        str(config_path),
+        _read_optional(config_path),
+        env,
+        {"workers.launcher_type": mode},
+        override_sources={"workers.launcher_type": "--mode"},
+    )
+    if feature is None:
+        feature = _current_feature(root)
+    else:
+        validate_feature(feature, "--feature")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"--workers: expected a whole number >= 1, found {workers!r}")
+
+    home_dir = Path(home) if home is not None else Path.home()
+    dotenv_path = root / ".env"
+    auth, secrets = discover_auth(
+        environ=env,
+        dotenv_text=_read_optional(dotenv_path),
+        dotenv_path=str(dotenv_path),
+        home=str(home_dir),
+        has_claude_dir=(home_dir / ".claude").is_dir(),
+        has_claude_json=(home_dir / ".claude.json").is_file(),
+    )
+    return build_plan(
+        repo=str(root),
+        feature=feature,
+        config=config,
+        auth=auth,
+        secrets=secrets,
+        uid=os.getuid(),
+        gid=os.getgid(),
+        worker_runtime_dir=str(_worker_runtime_dir()),
+        requested_workers=workers,
+        config_path=str(config_path),
+    )
+
+
+def find_repo_root(start: str | os.PathLike[str] = ".") -> Path:
+    """The nearest directory at or above ``start`` that holds a ``.git`` directory (the main checkout)."""
+    try:
+        here = Path(start).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ConfigError(f"{start}: no such directory (pass --repo with the repository root)") from None
+    if not here.is_dir():
+        raise ConfigError(f"{here}: not a directory (pass --repo with the repository root)")
+    for candidate in (here, *here.parents):
+        dotgit = candidate / ".git"
+        if dotgit.is_dir():
+            return candidate
+        if dotgit.is_file():
+            raise ConfigError(
+                f"{candidate}: is a linked git worktree; run mahabharatha from the main checkout "
+                "(the directory whose .git is a directory)"
+            )
+    raise ConfigError(f"{here}: not inside a git repository (run `git init` there, or pass --repo)")
+
+
+def _read_optional(path: Path) -> str | None:
+    """The file's text, or None when it does not exist. Unreadable files are a ConfigError naming them."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def _current_feature(root: Path) -> str:
+    path = root / CURRENT_FEATURE_RELPATH
+    text = _read_optional(path)
+    name = (text or "").strip()
+    if not name:
+        state = "is empty" if text is not None else "does not exist"
+        raise ConfigError(f"{path}: {state}, so no feature is selected (pass --feature NAME or write the name there)")
+    return validate_feature(name, str(path))
+
+
+def _worker_runtime_dir() -> Path:
+    from . import worker
+
+    return Path(worker.__file__).resolve().parent
