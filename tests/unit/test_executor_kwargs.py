@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import shlex
+
 import msgspec
 import pytest
 from docker.models.containers import _create_container_args
@@ -103,11 +106,90 @@ def test_nano_cpus_exact(cpus: object) -> None:
     assert kw["nano_cpus"] == int(cpus * 10**9)  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("render_module", ["mahabharatha.core.render"])
-def test_consistent_with_rendered_docker_run(render_module: str) -> None:
-    """Every flag of the dry-run's `docker run` line has a create() kwarg, and vice versa."""
-    render = pytest.importorskip(render_module)
-    fn = getattr(render, "render_docker_run", None)
-    if fn is None:
-        pytest.skip("render_docker_run not available yet")
-    pytest.skip("filled in once render_docker_run's signature is known")
+# docker run flag -> containers.create kwarg
+_FLAG_TO_KWARG = {
+    "--name": "name", "--init": "init", "--user": "user", "--workdir": "working_dir", "--memory": "mem_limit",
+    "--cpus": "nano_cpus", "--pids-limit": "pids_limit", "--read-only": "read_only", "--cap-drop": "cap_drop",
+    "--security-opt": "security_opt", "--tmpfs": "tmpfs", "--mount": "mounts", "--label": "labels",
+    "-e": "environment",
+}
+_BOOLEAN_FLAGS = {"--init", "--read-only"}
+
+
+def _parse_docker_run(line: str) -> tuple[dict[str, list[str]], list[str]]:
+    words = shlex.split(line)
+    assert words[:2] == ["docker", "run"]
+    flags: dict[str, list[str]] = {}
+    i = 2
+    while words[i].startswith("-"):
+        flag = words[i]
+        if flag in _BOOLEAN_FLAGS:
+            flags.setdefault(flag, []).append("")
+            i += 1
+        else:
+            flags.setdefault(flag, []).append(words[i + 1])
+            i += 2
+    return flags, words[i:]
+
+
+def _mount_fields(value: str) -> tuple[str, str, bool]:
+    fields = next(csv.reader([value]))
+    kv = dict(f.split("=", 1) if "=" in f else (f, "true") for f in fields)
+    assert kv.pop("type") == "bind"
+    return kv["source"], kv["target"], kv.get("readonly") == "true"
+
+
+def _specs() -> list[WorkerSpec]:
+    from mahabharatha.core.auth import discover_auth
+    from mahabharatha.core.config import load_config
+    from mahabharatha.core.plan import build_plan
+
+    auth, secrets = discover_auth(environ={"ANTHROPIC_API_KEY": KEY}, dotenv_text=None, dotenv_path="/r/.env",
+                                  home="/home/u", has_claude_dir=True, has_claude_json=True)
+    config = load_config("/r/.mahabharatha/config.yaml", "resources:\n  container_memory_limit: 1.5GiB\n", {},
+                         {"workers.launcher_type": "container"})
+    plan = build_plan(repo="/r", feature="f", config=config, auth=auth, secrets=secrets, uid=1000, gid=1000,
+                      worker_runtime_dir="/site/mahabharatha/worker", requested_workers=2)
+    relaxed = load_config("/r/.mahabharatha/config.yaml",
+                          "security:\n  container_readonly: false\n  no_new_privileges: false\n"
+                          "  drop_capabilities: false\nresources:\n  pids_limit: null\n", {}, {})
+    plain = build_plan(repo="/r", feature="f", config=relaxed, auth=auth, uid=0, gid=0,
+                       worker_runtime_dir="/w", requested_workers=1)
+    return [make_spec(), *plan.workers, *plain.workers]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_consistent_with_rendered_docker_run(index: int) -> None:
+    """The dry-run's `docker run` line and the executor's create() kwargs carry the same settings.
+
+    Only ``detach`` has no flag: the rendered line runs in the foreground, for debugging by hand.
+    """
+    from mahabharatha.core.memory import parse_memory
+    from mahabharatha.core.render import render_docker_run
+
+    spec = _specs()[index]
+    flags, rest = _parse_docker_run(render_docker_run(spec))
+    kw = create_kwargs(spec, reveal_secrets=False)
+    present = {k for k, v in kw.items() if v not in ([], {}, False)} - {"image", "command", "detach"}
+    assert {_FLAG_TO_KWARG[f] for f in flags} == present
+    assert rest == [kw["image"], *kw["command"]]
+    assert flags["--name"] == [kw["name"]] and flags["--user"] == [kw["user"]]
+    assert flags["--workdir"] == [kw["working_dir"]]
+    assert parse_memory(flags["--memory"][0])[1] == kw["mem_limit"]
+    assert round(float(flags["--cpus"][0]) * 1e9) == kw["nano_cpus"]
+    assert [int(v) for v in flags.get("--pids-limit", [])] == ([kw["pids_limit"]] if "pids_limit" in kw else [])
+    assert ("--init" in flags) == kw["init"] and ("--read-only" in flags) == kw["read_only"]
+    assert flags.get("--cap-drop", []) == kw.get("cap_drop", [])
+    assert flags.get("--security-opt", []) == kw.get("security_opt", [])
+    assert dict(v.split(":", 1) for v in flags.get("--tmpfs", [])) == kw["tmpfs"]
+    assert [_mount_fields(v) for v in flags["--mount"]] == [
+        (m["Source"], m["Target"], m["ReadOnly"]) for m in kw["mounts"]
+    ]
+    assert dict(v.split("=", 1) for v in flags["--label"]) == kw["labels"]
+    rendered_env = dict(v.split("=", 1) if "=" in v else (v, None) for v in flags["-e"])
+    assert set(rendered_env) == set(kw["environment"])
+    secret_names = {s.name for s in spec.secret_environment}
+    assert {k: v for k, v in rendered_env.items() if k not in secret_names} == {
+        k: v for k, v in kw["environment"].items() if k not in secret_names
+    }
+    assert all(rendered_env[name] is None for name in secret_names)  # never a value on a command line
