@@ -239,9 +239,8 @@ def _from_file(path: str, raw: dict[str, Any]) -> Config:
             if not isinstance(key, str):
                 raise ConfigError(f"{path}: {name}: keys must be text, found {_found(key)}")
             if key not in _KNOWN[name]:
-                raise ConfigError(
-                    f"{path}: {name}.{key}: unknown setting{_suggest(key, _KNOWN[name], name)}"
-                )
+                shown = key if re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", key) else _found(key)
+                raise ConfigError(f"{path}: {name}.{shown}: unknown setting{_suggest(key, _KNOWN[name], name)}")
         sections[name] = body
     try:
         config = msgspec.convert(sections, Config)

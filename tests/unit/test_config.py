@@ -74,6 +74,7 @@ security:
         ("worker:\n  max_concurrent: 3\n", ["unknown section 'worker'", "did you mean workers"]),
         ("workers:\n  container_image: x\n", ["did you mean resources.container_image"]),
         ("workers:\n  zzz: 1\n", ["known keys: max_concurrent"]),
+        ('workers:\n  "a\\nb": 1\n', ["workers.'a\\nb': unknown setting"]),
         ("- a\n- b\n", ["expected a mapping", "found a list"]),
         ("just text\n", ["expected a mapping", "'just text'"]),
         ("workers: [1\n", ["line 2, column 1", "invalid YAML"]),

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mahabharatha
 from mahabharatha.errors import ConfigError
@@ -142,3 +144,40 @@ def test_planning_does_not_import_docker():
     code = "import sys, mahabharatha.planning, mahabharatha.cli.dryrun; print('docker' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+_MISTAKES = [
+    ({"feature": "../x"}, None, None),
+    ({"workers": -1}, None, None),
+    ({"mode": "vm"}, None, None),
+    ({}, "resources:\n  container_memory_limit: lots\n", None),
+    ({}, "workers:\n  max_concurent: 3\n", None),
+    ({}, "workers: [\n", None),
+    ({}, None, ""),  # empty .current-feature
+]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=20, max_size=50),
+       st.sampled_from(_MISTAKES), st.booleans())
+def test_error_messages_never_contain_the_secret(secret, mistake, in_dotenv):
+    """Whatever the mistake, the one-line error never shows a credential from the environment or .env."""
+    import tempfile
+
+    kwargs, config_text, current_feature = mistake
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "app"
+        (root / ".git").mkdir(parents=True)
+        (root / ".gsd").mkdir()
+        (root / ".gsd" / ".current-feature").write_text("f1\n" if current_feature is None else current_feature)
+        if config_text is not None:
+            (root / ".mahabharatha").mkdir()
+            (root / ".mahabharatha" / "config.yaml").write_text(config_text)
+        environ = {"CLAUDE_CODE_OAUTH_TOKEN": secret}
+        if in_dotenv:
+            (root / ".env").write_text(f"ANTHROPIC_API_KEY={secret}\n")
+        else:
+            environ["ANTHROPIC_API_KEY"] = secret
+        with pytest.raises(ConfigError) as info:
+            plan(root, environ=environ, home=Path(tmp), **kwargs)
+        assert secret not in str(info.value) and secret not in repr(info.value)
