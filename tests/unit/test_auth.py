@@ -65,7 +65,7 @@ def test_home_entries_as_handed(claude_dir, claude_json):
     assert summary.oauth
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=20, max_size=60),
        st.booleans())
 def test_secret_never_shown_in_summary_or_repr(secret, from_env):

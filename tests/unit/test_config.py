@@ -186,7 +186,7 @@ def test_bad_feature_names(name):
 _MEM = st.sampled_from(["1g", "2g", "512m", "3GiB", "1536m", "1073741824"])
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(
     file_value=st.one_of(st.none(), _MEM),
     zerg=st.one_of(st.none(), _MEM),
@@ -212,7 +212,7 @@ def test_precedence_law_memory(file_value, zerg, mahabharatha, cli):
 _CPU = st.floats(min_value=0.01, max_value=256, allow_nan=False).map(lambda x: round(x, 2)).filter(lambda x: x > 0)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.one_of(st.none(), _CPU), st.one_of(st.none(), _CPU), st.one_of(st.none(), _CPU), st.one_of(st.none(), _CPU))
 def test_precedence_law_cpus(file_value, zerg, mahabharatha, cli):
     text = None if file_value is None else f"resources:\n  container_cpu_limit: {file_value!r}\n"
@@ -226,7 +226,7 @@ def test_precedence_law_cpus(file_value, zerg, mahabharatha, cli):
     assert got == winner
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(st.one_of(st.none(), st.sampled_from(["subprocess", "container"])), st.one_of(st.none(), st.sampled_from(["subprocess", "container"])))
 def test_precedence_law_mode(file_value, cli):
     text = None if file_value is None else f"workers:\n  launcher_type: {file_value}\n"
@@ -262,19 +262,19 @@ def _assert_config_or_config_error(text):
     assert isinstance(result, Config)
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.dictionaries(st.sampled_from(["workers", "resources", "security"]), st.dictionaries(_KEYS, _TREE, max_size=4), max_size=3) | _TREE)
 def test_fuzzed_structures_only_raise_config_error(tree):
     _assert_config_or_config_error(yaml.safe_dump(tree, allow_unicode=True))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("workers:resources- []{}'\"&*!#|>\n\t 0123456789.,?@`%")), max_size=60))
 def test_fuzzed_yaml_text_only_raises_config_error(text):
     _assert_config_or_config_error(text)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=40))
 def test_safe_name_problem_total(name):
     problem = safe_name_problem(name)

@@ -70,7 +70,7 @@ def _serialise(key: str, value: str, style: str, export: bool, spacing: str, com
     return line
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(
     st.dictionaries(_KEY, _VALUE, max_size=6),
     st.data(),
@@ -97,7 +97,7 @@ def test_roundtrip_generated_files(pairs, data, newline):
     assert parsed == pairs
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(st.text(max_size=80))
 def test_never_raises(text):
     assert isinstance(parse_dotenv(text), dict)

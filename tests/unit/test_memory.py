@@ -75,7 +75,7 @@ def valid_memory(draw):
     return text, expected
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(valid_memory())
 def test_roundtrip_valid_forms(case):
     """Every valid spelling gives go-units' byte count, and the normalised form parses back to it."""
@@ -90,7 +90,7 @@ def test_roundtrip_valid_forms(case):
     assert normalised == normalised.lower() and " " not in normalised
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(st.text(min_size=0, max_size=12))
 def test_random_text_is_valid_or_rejected_cleanly(text):
     """Arbitrary text never crashes: it parses to a size >= the minimum or raises MemoryLimitError."""
@@ -101,7 +101,7 @@ def test_random_text_is_valid_or_rejected_cleanly(text):
     assert size >= MIN_MEMORY_BYTES and parse_memory(normalised)[1] == size
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(valid_memory(), st.sampled_from(["x", "-", "q", "bb", "ii", "  ", "\t", ","]), st.booleans())
 def test_generated_invalid_forms_rejected(case, junk, prefix):
     text = junk + case[0] if prefix else case[0] + junk
