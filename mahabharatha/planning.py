@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .core.auth import discover_auth
 from .core.config import CONFIG_RELPATH, load_config, validate_feature
@@ -31,12 +32,15 @@ def plan(
     mode: str | None = None,
     environ: Mapping[str, str] | None = None,
     home: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> LaunchPlan:
     """Compute the :class:`LaunchPlan` for ``repo`` (any directory inside the repository).
 
     ``feature`` defaults to the contents of ``.gsd/.current-feature``; ``workers`` to
     ``workers.max_concurrent`` (and is capped by it); ``mode`` (``"container"``/``"subprocess"``) overrides
-    ``workers.launcher_type``; ``environ`` and ``home`` default to the real ones. Raises
+    ``workers.launcher_type``; ``environ`` and ``home`` default to the real ones. ``overrides`` sets other
+    config fields by path with command-line precedence (e.g. ``{"resources.container_image": "img:tag"}``,
+    used by the demo and tests). Raises
     :class:`~mahabharatha.errors.ConfigError` for anything the user can fix.
     """
     env = os.environ if environ is None else environ
@@ -46,7 +50,7 @@ def plan(
         str(config_path),
         _read_optional(config_path),
         env,
-        {"workers.launcher_type": mode},
+        {**(overrides or {}), "workers.launcher_type": mode} if mode is not None else dict(overrides or {}),
         override_sources={"workers.launcher_type": "--mode"},
     )
     if feature is None:

@@ -65,6 +65,14 @@ def test_config_env_and_flags(repo, home):
     assert any("Capped 9" in n for n in p.notices)
 
 
+def test_extra_overrides_have_command_line_precedence(repo, home):
+    p = plan(repo, workers=2, environ={"MAHABHARATHA_CONTAINER_IMAGE": "env-image"}, home=home,
+             overrides={"resources.container_image": "demo:1", "workers.container_prefix": "mh-demo"})
+    assert p.image == "demo:1" and p.workers[1].name == "mh-demo-1"
+    with pytest.raises(ConfigError, match="command line: resources.container_image"):
+        plan(repo, environ={}, home=home, overrides={"resources.container_image": "Bad Image"})
+
+
 def test_auth_from_repo_dotenv_not_cwd(repo, home, tmp_path, monkeypatch):
     (repo / ".env").write_text(f"export ANTHROPIC_API_KEY='{KEY}'\n")
     elsewhere = tmp_path / "elsewhere"
