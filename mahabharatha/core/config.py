@@ -10,7 +10,6 @@ the field path (``workers.max_concurrent``), what was found and the expected for
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -52,7 +51,7 @@ class ResourcesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     cpu_cores: Annotated[float, Meta(gt=0, le=_MAX_CPUS)] = 2.0
     memory_gb: Annotated[float, Meta(gt=0, le=1_048_576)] = 4.0
     container_memory_limit: str | int = "4g"  # normalised to a str by load_config
-    container_cpu_limit: Annotated[float, Meta(gt=0, le=_MAX_CPUS)] = 2.0
+    container_cpu_limit: Annotated[float, Meta(ge=0.01, le=_MAX_CPUS)] = 2.0  # Docker's minimum is 0.01
     container_image: str = "mahabharatha-worker"
     pids_limit: Annotated[int, Meta(ge=1, le=4_194_304)] | None = 1024  # None: no limit
 
@@ -89,7 +88,7 @@ _EXPECTED: dict[str, str] = {
     "resources.cpu_cores": f"{_NUMBER} > 0 and <= {_MAX_CPUS:g}",
     "resources.memory_gb": f"{_NUMBER} > 0",
     "resources.container_memory_limit": MEMORY_FORMS,
-    "resources.container_cpu_limit": f"a number of CPUs > 0 and <= {_MAX_CPUS:g}, like 2.0",
+    "resources.container_cpu_limit": f"a number of CPUs from 0.01 to {_MAX_CPUS:g}, like 2.0",
     "resources.container_image": "a Docker image reference like 'mahabharatha-worker' or 'registry:5000/team/worker:tag'",
     "resources.pids_limit": "a whole number >= 1, or null for no limit",
     "security.container_readonly": "true or false",
@@ -104,6 +103,9 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "resources.container_image": ("ZERG_CONTAINER_IMAGE", "MAHABHARATHA_CONTAINER_IMAGE"),
     "workers.container_prefix": ("ZERG_CONTAINER_PREFIX", "MAHABHARATHA_CONTAINER_PREFIX"),
 }
+
+_DECIMAL_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
+_WHOLE_RE = re.compile(r"[0-9]{1,9}", re.ASCII)
 
 # Safe as a path segment, a git ref component and part of a Docker container name.
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", re.ASCII)
@@ -163,7 +165,8 @@ def load_config(
             continue
         flag = (override_sources or {}).get(field)
         source = f"command line ({flag})" if flag else "command line"
-        if field.count(".") != 1 or field.split(".")[0] not in _KNOWN or field.split(".")[1] not in _KNOWN[field.split(".")[0]]:
+        section, _, key = field.partition(".")
+        if key not in _KNOWN.get(section, ()):
             raise ConfigError(f"{source}: unknown setting {field!r}")
         config = _override(config, field, value, source, from_text=False)
     return config
@@ -278,12 +281,9 @@ def _override(config: Config, field: str, value: Any, source: str, *, from_text:
 
 
 def _coerce(field: str, value: Any) -> Any:
+    """Numbers given as ints for float fields are stored as floats, as msgspec.convert would."""
     if field in ("resources.cpu_cores", "resources.memory_gb", "resources.container_cpu_limit"):
         return float(value)
-    if field in ("workers.max_concurrent", "workers.timeout_minutes", "workers.retry_attempts") and isinstance(value, str):
-        return int(value)
-    if field == "resources.pids_limit" and isinstance(value, str):
-        return int(value)
     return value
 
 
@@ -295,16 +295,12 @@ def _check(field: str, value: Any, source: str, *, from_text: bool) -> Any:
         except MemoryLimitError as exc:
             raise _error(source, field, value, reason=str(exc)) from None
     if field in ("resources.container_cpu_limit", "resources.cpu_cores", "resources.memory_gb") and from_text:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise _error(source, field, value) from None
-        if not math.isfinite(number):
-            raise _error(source, field, value)
-        return number
+        if not isinstance(value, str) or not _DECIMAL_RE.fullmatch(value.strip()):
+            raise _error(source, field, value)  # plain decimals only: no "inf", "nan", "1e3" or "1_0"
+        return float(value)
     if field in ("workers.max_concurrent", "workers.timeout_minutes", "workers.retry_attempts",
                  "resources.pids_limit") and from_text:
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        if not isinstance(value, str) or not _WHOLE_RE.fullmatch(value.strip()):
             raise _error(source, field, value)
         return int(value)
     if field == "workers.container_prefix":
