@@ -61,3 +61,12 @@ ENV_AGENT_COMMAND = "MAHABHARATHA_AGENT_COMMAND"
 ENV_TASK_ID = "MAHABHARATHA_TASK_ID"
 ENV_TASK_JSON = "MAHABHARATHA_TASK_JSON"
 ENV_TASK_PROMPT = "MAHABHARATHA_TASK_PROMPT"
+ENV_TASK_ATTEMPT = "MAHABHARATHA_TASK_ATTEMPT"  # 1 for the first try of a task, 2 after one restart, ...
+# Where the feature's graph and progress log live (/repo/.gsd/specs/<feature> in a container).
+ENV_SPEC_DIR = "MAHABHARATHA_SPEC_DIR"
+# The worktree the worker works in: /workspace in a container; subprocess mode sets the host path.
+ENV_WORKSPACE = "MAHABHARATHA_WORKSPACE"
+# Seconds between state checks while a worker waits for its level to finish (backoff ceiling).
+ENV_POLL_MAX = "MAHABHARATHA_POLL_MAX"
+GRAPH_FILE = "task-graph.json"
+PROGRESS_FILE = "progress.md"

@@ -1,0 +1,637 @@
+"""The orchestrator: run a feature's task graph level by level with workers, merge each level, react to exits.
+
+``orchestrate(plan, graph)`` is the real run behind ``mahabharatha kurukshetra``:
+
+1. The graph is validated by the caller (:func:`mahabharatha.core.graph.load_graph`) before anything starts.
+2. The base branch ``mahabharatha/<feature>/base`` is created from ``HEAD`` when missing (the user's branch
+   never moves). The shared state is created, or resumed: tasks a previous run left claimed go back to
+   pending, done work stays done (its commits are on the worker branches or already merged).
+3. Workers start (containers through :mod:`.executor`, or host processes in subprocess mode).
+4. The loop wakes on events only: a worker exit (Docker ``die`` events, or the process ending) or a state
+   change (workers poke a FIFO in the state directory). When no task of the current level is pending or
+   claimed, the worker branches are merged into the base branch with plumbing (``merge-tree``,
+   ``commit-tree``, ``update-ref``: the user's checkout and index are never touched); a conflict fails the
+   run naming the files. Dependants of failed tasks become blocked, then the level advances.
+5. Exit policy: 2 → restart the worker (same work); 137/OOMKilled → its task back to pending and restart,
+   up to ``workers.retry_attempts``, then the task fails with advice to raise
+   ``resources.container_memory_limit``; 1 → its task fails (the worker restarts while work remains);
+   3 → the run is blocked; 130 not caused by us → the run is stopped (resume by running again).
+   ``workers.timeout_minutes`` bounds each worker (it is stopped and its task fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..core.graph import TaskGraph
+from ..core.model import LABEL_FEATURE, LABEL_REPO, LABEL_WORKER, LaunchPlan, WorkerSpec
+from ..errors import OrchestrationError
+from ..worker import protocol as P
+from ..worker import state as S
+from . import worktrees as _worktrees
+from .git import git, git_ok
+
+__all__ = [
+    "RunResult",
+    "orchestrate",
+    "merge_into_base",
+    "init_state",
+    "settle_level",
+    "ContainerLauncher",
+    "SubprocessLauncher",
+    "worker_env_for_host",
+]
+
+_IDENTITY = ("-c", "user.name=mahabharatha orchestrator", "-c", "user.email=orchestrator@mahabharatha.invalid")
+_MAX_CONTEXT_RESTARTS = 20  # per worker: an agent that always hits its limit must not loop forever
+_WAKE_S = 5.0  # the loop also wakes this often to check worker timeouts
+
+
+class RunResult(msgspec.Struct, frozen=True):
+    status: str  # done | blocked | failed | stopped
+    exit_code: int
+    message: str
+    levels: dict[int, dict[str, int]]
+    base_branch: str
+    worker_branches: tuple[str, ...]
+    seconds: float
+
+
+# ------------------------------------------------------------------------------------------------------------
+# State
+
+
+def init_state(store: S.StateStore, graph: TaskGraph) -> tuple[dict[str, Any], bool]:
+    """Create the state for ``graph``, or resume the existing one. Returns (state, resumed)."""
+    os.makedirs(store.dir, exist_ok=True)
+    if not store.exists():
+        store.create(S.new_state(graph.feature, ((t.id, t.level) for t in graph.tasks)))
+        return store.read() or {}, False
+    with store.transaction() as data:
+        known = data["tasks"]
+        for t in graph.tasks:  # tasks added to the graph since: pending
+            if t.id not in known:
+                known[t.id] = {"level": t.level, "status": S.PENDING, "worker": None, "attempts": 0, "commit": "", "error": ""}
+        for tid in [tid for tid in known if tid not in {t.id for t in graph.tasks}]:
+            del known[tid]
+        for task in known.values():
+            if task["status"] == S.CLAIMED:  # left by a stopped run: claimable again
+                task.update(status=S.PENDING, worker=None)
+            if task["status"] == S.BLOCKED:  # recomputed at the next level end
+                task.update(status=S.PENDING, error="")
+        data["levels"] = sorted({t["level"] for t in known.values()})
+        for tid, dep in _blocked_by(graph, known).items():
+            known[tid].update(status=S.BLOCKED, error=f"blocked by {dep}")
+        if data["status"] != "done" or any(t["status"] == S.PENDING for t in known.values()):
+            data["status"] = S.RUNNING
+            data["message"] = ""
+            pending = sorted(t["level"] for t in known.values() if t["status"] == S.PENDING)
+            if pending and pending[0] < data["level"]:
+                data["level"] = pending[0]
+        snapshot = dict(data)
+    return snapshot, True
+
+
+def _blocked_by(graph: TaskGraph, tasks: dict[str, Any]) -> dict[str, str]:
+    """task id -> the failed/blocked dependency that blocks it (transitively), for tasks not yet run."""
+    out: dict[str, str] = {}
+    for t in sorted(graph.tasks, key=lambda t: t.level):
+        if tasks[t.id]["status"] != S.PENDING:
+            continue
+        for dep in t.dependencies:
+            if tasks[dep]["status"] in (S.FAILED, S.BLOCKED) or dep in out:
+                out[t.id] = dep
+                break
+    return out
+
+
+def settle_level(data: dict[str, Any], graph: TaskGraph) -> None:
+    """After a level is merged: block dependants of failures, advance to the next level with pending work, or
+    end the run (done / blocked / failed)."""
+    tasks = data["tasks"]
+    for tid, dep in _blocked_by(graph, tasks).items():
+        tasks[tid].update(status=S.BLOCKED, error=f"blocked by {dep}")
+    pending = sorted(t["level"] for t in tasks.values() if t["status"] == S.PENDING)
+    if pending:
+        data["level"] = pending[0]
+        return
+    failed = sorted(tid for tid, t in tasks.items() if t["status"] == S.FAILED)
+    blocked = sorted(tid for tid, t in tasks.items() if t["status"] == S.BLOCKED)
+    if blocked:
+        data["status"] = "blocked"
+        data["message"] = f"failed: {', '.join(failed)}; blocked: {', '.join(blocked)}"
+    elif failed:
+        data["status"] = "failed"
+        data["message"] = f"failed: {', '.join(failed)}"
+    else:
+        data["status"] = "done"
+        data["message"] = ""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Merging (plumbing only: the user's checkout and index are never touched)
+
+
+def merge_into_base(repo: str, base_branch: str, branches: list[str], message: str) -> list[str]:
+    """Merge each branch into ``base_branch`` (fast-forward when possible, else a merge commit made with
+    ``merge-tree --write-tree``). Returns the branches merged. Raises :class:`OrchestrationError` naming the
+    conflicting files; the base branch then stays where the last clean merge left it."""
+    merged = []
+    for branch in branches:
+        base = git(repo, "rev-parse", f"refs/heads/{base_branch}")
+        tip = git(repo, "rev-parse", f"refs/heads/{branch}")
+        if git_ok(repo, "merge-base", "--is-ancestor", tip, base):
+            continue  # nothing new
+        if git_ok(repo, "merge-base", "--is-ancestor", base, tip):
+            git(repo, "update-ref", f"refs/heads/{base_branch}", tip, base)
+            merged.append(branch)
+            continue
+        out = git(repo, "merge-tree", "--write-tree", "--name-only", "--no-messages", base, tip, check=False)
+        lines = out.splitlines()
+        tree = lines[0].strip() if lines else ""
+        conflicted = [line for line in lines[1:] if line.strip()]
+        if conflicted or len(tree) < 40:
+            files = ", ".join(dict.fromkeys(conflicted)) or "(unknown)"
+            raise OrchestrationError(
+                f"merging {branch} into {base_branch} conflicts in: {files}",
+                hint="tasks of one level must not change the same files; fix the task graph, resolve by hand on "
+                f"{base_branch}, then run again",
+            )
+        commit = git(repo, *_IDENTITY, "commit-tree", tree, "-p", base, "-p", tip, "-m", f"{message}: merge {branch}")
+        git(repo, "update-ref", f"refs/heads/{base_branch}", commit, base)
+        merged.append(branch)
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Launchers: start/restart/stop workers and report their exits on a queue as ("exit", worker_id, code, oom)
+
+
+def _runtime_pythonpath() -> str:
+    """A directory where ``mahabharatha_worker`` is this package's worker runtime (a symlink), so the host runs
+    exactly what containers run: ``python3 -m mahabharatha_worker``."""
+    from .. import worker as worker_pkg
+
+    target = Path(worker_pkg.__file__).resolve().parent
+    base = Path(tempfile.gettempdir()) / f"mahabharatha-runtime-{os.getuid()}"
+    base.mkdir(exist_ok=True)
+    link = base / P.RUNTIME_PACKAGE
+    if not (link.is_symlink() and link.resolve() == target):
+        tmp = base / f".{P.RUNTIME_PACKAGE}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+    return str(base)
+
+
+def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment for subprocess mode: the plan's values with host paths for the container ones."""
+    env = dict(os.environ if base_env is None else base_env)
+    planned = spec.env_dict()
+    for key in ("HOME", "PYTHONPATH", "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"):
+        planned.pop(key, None)
+    env.update(planned)
+    env.update(
+        {
+            P.ENV_WORKSPACE: spec.worktree.path,
+            P.ENV_STATE_DIR: plan.state_dir,
+            P.ENV_SPEC_DIR: f"{plan.repo}/.gsd/specs/{plan.feature}",
+            P.ENV_GIT_WORKTREE_DIR: spec.worktree.admin_dir,
+            P.ENV_GIT_MAIN_DIR: f"{plan.repo}/.git",
+            "PYTHONPATH": os.pathsep.join(p for p in (_runtime_pythonpath(), env.get("PYTHONPATH", "")) if p),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+class SubprocessLauncher:
+    """Workers as host processes (``workers.launcher_type: subprocess``): same runtime, host paths."""
+
+    def __init__(self, plan: LaunchPlan, events: queue.Queue[tuple[Any, ...]], out: Callable[[str], None]) -> None:
+        self.plan = plan
+        self.events = events
+        self.out = out
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _start(self, spec: WorkerSpec) -> None:
+        Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(spec.log_path, "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", P.RUNTIME_PACKAGE],
+            cwd=spec.worktree.path,
+            env=worker_env_for_host(self.plan, spec),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs[spec.worker_id] = proc
+
+        def wait() -> None:
+            code = proc.wait()
+            if code < 0:  # killed by a signal: report like a container would (128 + signal)
+                code = 128 - code
+            self.events.put(("exit", spec.worker_id, code, False, proc.pid))
+
+        threading.Thread(target=wait, daemon=True, name=f"mahabharatha-wait-{spec.worker_id}").start()
+
+    def start_all(self) -> None:
+        _worktrees.ensure_worktrees(self.plan.repo, self.plan.base_branch, self.plan.worktrees)
+        for spec in self.plan.workers:
+            self._start(spec)
+
+    def restart(self, worker_id: int) -> None:
+        self._start(self.plan.workers[worker_id])
+
+    def current(self, worker_id: int) -> Any:
+        proc = self.procs.get(worker_id)
+        return proc.pid if proc else None
+
+    def stop(self, worker_id: int) -> None:
+        proc = self.procs.get(worker_id)
+        if proc and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+
+    def stop_all(self, timeout: float = 30.0) -> None:
+        for wid in list(self.procs):
+            self.stop(wid)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def close(self, *, success: bool) -> None:
+        pass
+
+
+class ContainerLauncher:
+    """Workers as containers through :mod:`.executor`; exits come from the engine's ``die`` events."""
+
+    def __init__(self, plan: LaunchPlan, events: queue.Queue[tuple[Any, ...]], out: Callable[[str], None], client: Any = None, keep_failed: bool = False) -> None:
+        from . import executor
+
+        self.executor = executor
+        self.plan = plan
+        self.events = events
+        self.out = out
+        self.keep_failed = keep_failed
+        self.client = client if client is not None else executor.make_client(workers=len(plan.workers))
+        self.ids: dict[int, str] = {}
+        self._stream = self.client.events(
+            decode=True,
+            filters={"type": "container", "event": ["die"], "label": [f"{LABEL_REPO}={plan.repo}", f"{LABEL_FEATURE}={plan.feature}"]},
+        )
+        self._thread = threading.Thread(target=self._read_events, daemon=True, name="mahabharatha-orchestrator-events")
+        self._thread.start()
+
+    def _read_events(self) -> None:
+        try:
+            for event in self._stream:
+                actor = event.get("Actor") or {}
+                attrs = actor.get("Attributes") or {}
+                cid = actor.get("ID") or event.get("id")
+                try:
+                    wid = int(attrs.get(LABEL_WORKER, "-1"))
+                except ValueError:
+                    continue
+                if cid and wid >= 0:
+                    self.events.put(("die", wid, cid))
+        except Exception:  # noqa: BLE001 - closing the stream ends iteration with an error
+            pass
+
+    def exit_of(self, cid: str) -> tuple[int | None, bool]:
+        info = self.executor.worker_exit(self.client, cid)
+        if info is None:
+            return None, False
+        return info.exit_code, info.oom_killed
+
+    def start_all(self) -> None:
+        launch = self.executor.execute(self.plan, client=self.client, keep_failed=self.keep_failed)
+        for handle in launch.workers:
+            self.ids[handle.worker_id] = handle.container_id
+
+    def restart(self, worker_id: int) -> None:
+        handle = self.executor.start_worker(self.client, self.plan, self.plan.workers[worker_id], keep_failed=self.keep_failed)
+        self.ids[worker_id] = handle.container_id
+
+    def current(self, worker_id: int) -> Any:
+        return self.ids.get(worker_id)
+
+    def stop(self, worker_id: int) -> None:
+        cid = self.ids.get(worker_id)
+        if cid:
+            with contextlib.suppress(Exception):
+                self.client.api.stop(cid, timeout=30)
+
+    def stop_all(self, timeout: float = 30.0) -> None:
+        self.executor.stop_workers(self.client, self.plan.repo, self.plan.feature, timeout=timeout)
+
+    def close(self, *, success: bool) -> None:
+        with contextlib.suppress(Exception):
+            self._stream.close()
+        if success:
+            with contextlib.suppress(Exception):
+                self.executor.remove_containers(self.client, self.plan.repo, self.plan.feature)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The run
+
+
+class _FifoReader:
+    """Wakes the loop on every state write (workers poke the FIFO in the state directory)."""
+
+    def __init__(self, store: S.StateStore, events: queue.Queue[tuple[Any, ...]]) -> None:
+        if not os.path.exists(store.fifo_path):
+            os.mkfifo(store.fifo_path, 0o666)
+        self.fd = os.open(store.fifo_path, os.O_RDWR)  # RDWR: never EOF, never blocks on open
+        self.events = events
+        self.closed = False
+        threading.Thread(target=self._run, daemon=True, name="mahabharatha-state-fifo").start()
+
+    def _run(self) -> None:
+        while not self.closed:
+            try:
+                if not os.read(self.fd, 4096):
+                    return
+            except OSError:
+                return
+            self.events.put(("state",))
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            os.write(self.fd, b".")
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class _Run:
+    def __init__(self, plan: LaunchPlan, graph: TaskGraph, out: Callable[[str], None], launcher_factory: Callable[..., Any]) -> None:
+        self.plan = plan
+        self.graph = graph
+        self.out = out
+        self.store = S.StateStore(plan.state_dir, plan.feature)
+        self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.launcher_factory = launcher_factory
+        self.alive: dict[int, Any] = {}  # worker id -> current container id / pid
+        self.started_at: dict[int, float] = {}
+        self.context_restarts: dict[int, int] = {}
+        self.error_restarts: dict[int, int] = {}
+        self.timed_out: set[int] = set()
+        self.stopping = False  # we are ending the run (stop signal or final status)
+        self.stopped_by_user = False
+        self.pending_dies: dict[str, tuple[int, str]] = {}
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _worker_branches(self) -> list[str]:
+        return [spec.worktree.branch for spec in self.plan.workers]
+
+    def _log(self, text: str) -> None:
+        self.out(text)
+
+    def _finish_level_if_settled(self) -> None:
+        while True:
+            data = self.store.read() or {}
+            if data.get("status") != S.RUNNING:
+                return
+            level = data["level"]
+            if not S.level_settled(data, level):
+                return
+            counts = S.summary(data).get(level, {})
+            shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            try:
+                merged = merge_into_base(
+                    self.plan.repo, self.plan.base_branch, self._existing_branches(), f"mahabharatha {self.plan.feature} level {level}"
+                )
+            except OrchestrationError as exc:
+                with self.store.transaction() as d:
+                    d["status"] = "failed"
+                    d["message"] = str(exc)
+                self._log(f"level {level}: {exc}")
+                return
+            with self.store.transaction() as d:
+                settle_level(d, self.graph)
+                new_level, status = d["level"], d["status"]
+            self._log(f"level {level} finished ({shown}); merged {len(merged)} branch(es) into {self.plan.base_branch}")
+            if status != S.RUNNING:
+                return
+            self._log(f"level {new_level} started")
+
+    def _existing_branches(self) -> list[str]:
+        return [b for b in self._worker_branches() if git_ok(self.plan.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{b}")]
+
+    def _pending_work(self) -> bool:
+        data = self.store.read() or {}
+        return data.get("status") == S.RUNNING and any(t["status"] == S.PENDING for t in data["tasks"].values())
+
+    def _restart(self, wid: int, why: str) -> None:
+        self._log(f"worker {wid}: {why}; restarting")
+        self.launcher.restart(wid)
+        self.alive[wid] = self.launcher.current(wid)
+        self.started_at[wid] = time.monotonic()
+
+    # -- exits ---------------------------------------------------------------------------------------------
+    def _on_exit(self, wid: int, code: int | None, oom: bool) -> None:
+        self.alive.pop(wid, None)
+        data = self.store.read() or {}
+        final = data.get("status") in S.FINAL
+        meaning = P.exit_meaning(code) + (", OOMKilled" if oom else "")
+        if wid in self.timed_out:
+            self.timed_out.discard(wid)
+            minutes = self.plan.timeout_minutes
+            with self.store.transaction() as d:
+                failed = S.release_worker(d, wid, status=S.FAILED, error=f"worker timed out after {minutes} min (workers.timeout_minutes)")
+            self._log(f"worker {wid}: timed out after {minutes} min; failed {', '.join(failed) or 'no task'}")
+            if self._pending_work() and not self.stopping:
+                self._restart(wid, "timed out")
+            return
+        if final or self.stopping:
+            self._log(f"worker {wid} exited {code} ({meaning})")
+            return
+        if code == P.EXIT_CONTEXT_LIMIT:
+            n = self.context_restarts[wid] = self.context_restarts.get(wid, 0) + 1
+            if n <= _MAX_CONTEXT_RESTARTS:
+                self._restart(wid, "context limit reached (exit 2)")
+                return
+            with self.store.transaction() as d:
+                S.release_worker(d, wid, status=S.FAILED, error=f"context limit reached {n} times")
+        elif code == P.EXIT_OOM or oom:
+            retries = self.plan.retry_attempts
+            mem = self.plan.workers[wid].mem_limit
+            with self.store.transaction() as d:
+                mine = [tid for tid, t in d["tasks"].items() if t["status"] == S.CLAIMED and t.get("worker") == wid]
+                for tid in mine:
+                    t = d["tasks"][tid]
+                    if t["attempts"] <= retries:
+                        t.update(status=S.PENDING, worker=None, error=f"killed ({meaning}) on attempt {t['attempts']}")
+                    else:
+                        t.update(
+                            status=S.FAILED,
+                            error=f"killed ({meaning}) on {t['attempts']} attempts; raise resources.container_memory_limit (now {mem})",
+                        )
+            self._log(f"worker {wid} exited {code} ({meaning}); task(s) {', '.join(mine) or 'none'}")
+            if self._pending_work():
+                self._restart(wid, "killed")
+            return
+        elif code == P.EXIT_STOPPED:
+            self.stopped_by_user = True
+            self._log(f"worker {wid} stopped (exit 130): stopping the run; run kurukshetra again to resume")
+            with self.store.transaction() as d:
+                S.release_worker(d, wid)
+                if d["status"] == S.RUNNING:
+                    d["status"] = "stopped"
+                    d["message"] = "stopped by signal; run again to resume"
+            return
+        elif code == P.EXIT_BLOCKED:
+            self._log(f"worker {wid} reports all remaining tasks blocked (exit 3)")
+            return
+        else:  # 1 or anything unexpected: its task fails
+            with self.store.transaction() as d:
+                failed = S.release_worker(d, wid, status=S.FAILED, error=f"worker exited {code} ({meaning}); see its log")
+            self._log(f"worker {wid} exited {code} ({meaning}); failed {', '.join(failed) or 'no task'}")
+            n = self.error_restarts[wid] = self.error_restarts.get(wid, 0) + 1
+            if n <= self.plan.retry_attempts + 1 and self._pending_work():
+                self._restart(wid, "error")
+                return
+        self._log(f"worker {wid} exited {code} ({meaning})")
+
+    def _check_timeouts(self) -> None:
+        limit = self.plan.timeout_minutes * 60
+        now = time.monotonic()
+        for wid, started in list(self.started_at.items()):
+            if wid in self.alive and wid not in self.timed_out and now - started > limit:
+                self.timed_out.add(wid)
+                self._log(f"worker {wid}: over workers.timeout_minutes={self.plan.timeout_minutes}; stopping it")
+                self.launcher.stop(wid)
+
+    # -- main ----------------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        t0 = time.monotonic()
+        plan = self.plan
+        _worktrees.ensure_base_branch(plan.repo, plan.base_branch)
+        data, resumed = init_state(self.store, self.graph)
+        if resumed:
+            counts = S.summary(data)
+            done = sum(c.get(S.DONE, 0) for c in counts.values())
+            self._log(f"resuming {plan.feature}: {done}/{len(data['tasks'])} tasks already done, level {data['level']}")
+        fifo = _FifoReader(self.store, self.events)
+        self.launcher = None
+        try:
+            self._finish_level_if_settled()  # a resumed run may stand at a level end
+            if (self.store.read() or {}).get("status") == S.RUNNING:
+                n = len(plan.workers)
+                self._log(f"starting {n} worker(s) ({plan.mode}) for {plan.feature}: {len(self.graph.tasks)} tasks in {len(self.graph.levels)} levels")
+                self.launcher = self.launcher_factory(plan, self.events, self.out)
+                self.launcher.start_all()
+                for spec in plan.workers:
+                    self.alive[spec.worker_id] = self.launcher.current(spec.worker_id)
+                    self.started_at[spec.worker_id] = time.monotonic()
+                self._log(f"{n} worker(s) ready")
+                self._loop()
+        except KeyboardInterrupt:
+            self._log("interrupted: stopping workers (run again to resume)")
+            self.stopping = True
+            with contextlib.suppress(Exception):
+                with self.store.transaction() as d:
+                    if d["status"] == S.RUNNING:
+                        d.update(status="stopped", message="interrupted; run again to resume")
+            if self.launcher is not None:
+                self.launcher.stop_all()
+        finally:
+            fifo.close()
+        data = self.store.read() or {}
+        status = data.get("status", "failed")
+        if status == S.RUNNING:  # every worker gone with work left
+            status = "failed"
+            with self.store.transaction() as d:
+                d.update(status="failed", message=d.get("message") or "all workers exited with work left; see the logs")
+            data = self.store.read() or {}
+        if self.launcher is not None:
+            self.launcher.close(success=status == "done")
+        code = {"done": P.EXIT_DONE, "blocked": P.EXIT_BLOCKED, "stopped": P.EXIT_STOPPED}.get(status, P.EXIT_ERROR)
+        return RunResult(
+            status=status,
+            exit_code=code,
+            message=data.get("message", ""),
+            levels=S.summary(data),
+            base_branch=plan.base_branch,
+            worker_branches=tuple(self._worker_branches()),
+            seconds=time.monotonic() - t0,
+        )
+
+    def _loop(self) -> None:
+        while True:
+            self._finish_level_if_settled()
+            data = self.store.read() or {}
+            if data.get("status") in S.FINAL:
+                if not self.stopping:
+                    self.stopping = True
+                    if data.get("status") == "stopped":
+                        self.launcher.stop_all()
+                if not self.alive:
+                    return
+            elif not self.alive:
+                return
+            try:
+                event = self.events.get(timeout=_WAKE_S)
+            except queue.Empty:
+                self._check_timeouts()
+                continue
+            kind = event[0]
+            if kind == "state":
+                continue
+            if kind == "die":  # container: read exit code and OOMKilled from the engine
+                _, wid, cid = event
+                if self.alive.get(wid) != cid:
+                    continue  # an old container of this worker (replaced)
+                code, oom = self.launcher.exit_of(cid)
+                self._on_exit(wid, code, oom)
+            elif kind == "exit":  # subprocess
+                _, wid, code, oom, pid = event
+                if self.alive.get(wid) != pid:
+                    continue
+                self._on_exit(wid, code, oom)
+
+
+def orchestrate(
+    plan: LaunchPlan,
+    graph: TaskGraph,
+    *,
+    out: Callable[[str], None] = print,
+    client: Any = None,
+    keep_failed: bool = False,
+) -> RunResult:
+    """Run ``graph`` with the plan's workers until the run is done, blocked, failed or stopped."""
+    if graph.feature != plan.feature:
+        raise OrchestrationError(
+            f"the task graph is for feature {graph.feature!r}, the launch for {plan.feature!r}",
+            hint="fix `feature` in the task graph or pass --feature",
+        )
+    if plan.mode == "container":
+        def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None]) -> Any:
+            return ContainerLauncher(p, events, o, client=client, keep_failed=keep_failed)
+    else:
+        if shutil.which("git") is None:
+            raise OrchestrationError("subprocess mode needs git on the host")
+        factory = SubprocessLauncher
+    return _Run(plan, graph, out, factory).run()

@@ -1,0 +1,212 @@
+"""The shared state of one feature's run: format and lock, defined once for the host and the workers.
+
+Lives in ``<state_dir>/<feature>/`` (``R/.mahabharatha/state/F`` on the host, the same directory bind-mounted
+at ``/workspace/.mahabharatha/state/F`` in every container):
+
+- ``state.json``: the run (schema below), replaced atomically (temp file + ``os.replace``), so a reader
+  without the lock always sees a whole document;
+- ``lock``: every read-modify-write holds ``fcntl.flock`` on this file. flock works across bind mounts of
+  one host filesystem (the containers share the host kernel).
+
+Schema (version 1)::
+
+    {"version": 1, "feature": "F", "level": 1, "levels": [1, 2],
+     "status": "running" | "done" | "blocked" | "failed" | "stopped",
+     "message": "", "updated": <unix time>,
+     "tasks": {"T1": {"level": 1, "status": "pending" | "claimed" | "done" | "failed" | "blocked",
+                      "worker": 0 | null, "attempts": 0, "commit": "" , "error": ""}}}
+
+``level`` is the level workers take tasks from; only the orchestrator advances it (after merging the level)
+and sets a final ``status``. Workers claim, finish and release tasks. Nothing secret is ever written here:
+only ids, statuses, commit ids and short error texts of our own making.
+
+Standard library only (this module runs inside worker containers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+__all__ = [
+    "VERSION",
+    "PENDING",
+    "CLAIMED",
+    "DONE",
+    "FAILED",
+    "BLOCKED",
+    "RUNNING",
+    "FINAL",
+    "StateStore",
+    "new_state",
+    "claim_next",
+    "finish_task",
+    "release_worker",
+    "level_settled",
+    "summary",
+]
+
+VERSION = 1
+PENDING, CLAIMED, DONE, FAILED, BLOCKED = "pending", "claimed", "done", "failed", "blocked"
+RUNNING = "running"
+FINAL = frozenset({"done", "blocked", "failed", "stopped"})  # run statuses after which workers exit
+
+
+class StateStore:
+    """``state.json`` + ``lock`` of one feature under ``state_dir``."""
+
+    def __init__(self, state_dir: str, feature: str) -> None:
+        self.dir = os.path.join(state_dir, feature)
+        self.path = os.path.join(self.dir, "state.json")
+        self.lock_path = os.path.join(self.dir, "lock")
+        # A FIFO the orchestrator reads: every write pokes it, so the host wakes on state changes without
+        # polling (FIFOs work across bind mounts: one kernel). Missing or unread: the poke is skipped.
+        self.fifo_path = os.path.join(self.dir, "events")
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def read(self) -> dict[str, Any] | None:
+        """The current document without locking (atomic replace makes it consistent), or None."""
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return None
+
+    def _write(self, data: dict[str, Any]) -> None:
+        data["updated"] = time.time()
+        fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1, sort_keys=True)
+                fh.write("\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.notify()
+
+    def notify(self) -> None:
+        """Poke the orchestrator's FIFO (never blocks; nothing happens when nobody listens)."""
+        try:
+            fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            os.write(fd, b".")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the feature's lock (blocking)."""
+        os.makedirs(self.dir, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict[str, Any]]:
+        """Lock, read, yield the document for changes, write it back (when changed), unlock.
+
+        Raises FileNotFoundError when there is no state yet.
+        """
+        with self.lock():
+            data = self.read()
+            if data is None:
+                raise FileNotFoundError(self.path)
+            before = json.dumps(data, sort_keys=True)
+            yield data
+            if json.dumps(data, sort_keys=True) != before:
+                self._write(data)
+
+    def create(self, data: dict[str, Any]) -> None:
+        """Write a new document (under the lock)."""
+        with self.lock():
+            self._write(data)
+
+    def mtime_ns(self) -> int:
+        try:
+            return os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Operations on the document (pure functions of the dict; call them inside a transaction)
+
+
+def new_state(feature: str, tasks: Iterable[tuple[str, int]]) -> dict[str, Any]:
+    """A fresh run: every task pending, the lowest level current."""
+    table = {
+        tid: {"level": level, "status": PENDING, "worker": None, "attempts": 0, "commit": "", "error": ""}
+        for tid, level in tasks
+    }
+    levels = sorted({t["level"] for t in table.values()})
+    return {
+        "version": VERSION,
+        "feature": feature,
+        "level": levels[0] if levels else 0,
+        "levels": levels,
+        "status": RUNNING if levels else "done",
+        "message": "",
+        "tasks": table,
+    }
+
+
+def claim_next(data: dict[str, Any], worker_id: int) -> str | None:
+    """Claim the first pending task (by id order) of the current level for ``worker_id``; None if there is none."""
+    if data.get("status") != RUNNING:
+        return None
+    level = data["level"]
+    for tid in sorted(data["tasks"]):
+        task = data["tasks"][tid]
+        if task["level"] == level and task["status"] == PENDING:
+            task.update(status=CLAIMED, worker=worker_id, error="")
+            task["attempts"] = task.get("attempts", 0) + 1
+            return tid
+    return None
+
+
+def finish_task(data: dict[str, Any], task_id: str, status: str, *, commit: str = "", error: str = "") -> None:
+    task = data["tasks"][task_id]
+    task.update(status=status, commit=commit, error=error[:500])
+
+
+def release_worker(data: dict[str, Any], worker_id: int, *, status: str = PENDING, error: str = "") -> list[str]:
+    """Tasks claimed by ``worker_id`` go back to ``status`` (pending: claimable again). Returns their ids."""
+    released = []
+    for tid, task in sorted(data["tasks"].items()):
+        if task["status"] == CLAIMED and task.get("worker") == worker_id:
+            task.update(status=status, error=error[:500])
+            if status == PENDING:
+                task["worker"] = None
+            released.append(tid)
+    return released
+
+
+def level_settled(data: dict[str, Any], level: int) -> bool:
+    """True when no task of ``level`` is pending or claimed."""
+    return all(t["status"] not in (PENDING, CLAIMED) for t in data["tasks"].values() if t["level"] == level)
+
+
+def summary(data: dict[str, Any]) -> dict[int, dict[str, int]]:
+    """{level: {status: count}} for reports."""
+    out: dict[int, dict[str, int]] = {}
+    for task in data["tasks"].values():
+        counts = out.setdefault(task["level"], {})
+        counts[task["status"]] = counts.get(task["status"], 0) + 1
+    return dict(sorted(out.items()))
