@@ -207,9 +207,8 @@ def _prepare_host(plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> None:
     write_planned_files(specs)
     Path(plan.state_dir).mkdir(parents=True, exist_ok=True)
     Path(plan.log_dir).mkdir(parents=True, exist_ok=True)
-    _worktrees.ensure_base_branch(plan.repo, plan.base_branch)
+    _worktrees.ensure_worktrees(plan.repo, plan.base_branch, [spec.worktree for spec in specs])
     for spec in specs:
-        _worktrees.ensure_worktree(plan.repo, spec.worktree)
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
         for m in spec.mounts:
             # Shared directories of the main checkout may not exist in a fresh repository yet.

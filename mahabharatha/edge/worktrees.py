@@ -78,17 +78,26 @@ def _registered(repo: str | os.PathLike[str], path: str) -> dict[str, str] | Non
 
 
 def _admin_dir(path: str) -> str:
+    """The worktree's git metadata dir, read from its ``.git`` file (no subprocess), else asked from git."""
+    dotgit = Path(path) / ".git"
+    try:
+        text = dotgit.read_text().strip()
+    except OSError:
+        text = ""
+    if text.startswith("gitdir: "):
+        return os.path.realpath(os.path.join(path, text[len("gitdir: "):]))
     return git(path, "rev-parse", "--absolute-git-dir")
 
 
-def ensure_worktree(repo: str | os.PathLike[str], wt: Worktree) -> None:
-    """Create worktree ``wt`` (and its branch from ``wt.base``) unless it already exists.
+def _branches(repo: str | os.PathLike[str]) -> set[str]:
+    return set(git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/").splitlines())
 
-    An existing worktree is kept untouched; it must be on ``wt.branch`` and use ``wt.admin_dir`` as its git
-    metadata directory (the containers mount that directory), otherwise :class:`WorktreeError` explains.
-    """
+
+def _ensure_one(
+    repo: str | os.PathLike[str], wt: Worktree, registered: dict[str, dict[str, str]], branches: set[str]
+) -> None:
     path = wt.path
-    entry = _registered(repo, path)
+    entry = registered.get(os.path.realpath(path))
     if entry is not None and not Path(path).exists():
         # Registered but its directory is gone (deleted by hand): forget it, then recreate below.
         prune(repo)
@@ -101,10 +110,11 @@ def ensure_worktree(repo: str | os.PathLike[str], wt: Worktree) -> None:
                 hint="move it away or remove it, then launch again",
             )
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{wt.branch}"):
+        if f"refs/heads/{wt.branch}" in branches:
             git(repo, "worktree", "add", path, wt.branch)
         else:
             git(repo, "worktree", "add", "-b", wt.branch, path, wt.base)
+            branches.add(f"refs/heads/{wt.branch}")
     else:
         branch = entry.get("branch", "")
         if branch != f"refs/heads/{wt.branch}":
@@ -122,11 +132,26 @@ def ensure_worktree(repo: str | os.PathLike[str], wt: Worktree) -> None:
         )
 
 
+def _registry(repo: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    return {os.path.realpath(e["worktree"]): e for e in list_worktrees(repo) if "worktree" in e}
+
+
+def ensure_worktree(repo: str | os.PathLike[str], wt: Worktree) -> None:
+    """Create worktree ``wt`` (and its branch from ``wt.base``) unless it already exists.
+
+    An existing worktree is kept untouched; it must be on ``wt.branch`` and use ``wt.admin_dir`` as its git
+    metadata directory (the containers mount that directory), otherwise :class:`WorktreeError` explains.
+    """
+    _ensure_one(repo, wt, _registry(repo), _branches(repo))
+
+
 def ensure_worktrees(repo: str | os.PathLike[str], base_branch: str, worktrees: Iterable[Worktree]) -> None:
-    """The base branch, then every worktree (in order; each step idempotent)."""
+    """The base branch, then every worktree (in order; each step idempotent; git is asked once for the
+    existing worktrees and branches, not once per worker)."""
     ensure_base_branch(repo, base_branch)
+    registered, branches = _registry(repo), _branches(repo)
     for wt in worktrees:
-        ensure_worktree(repo, wt)
+        _ensure_one(repo, wt, registered, branches)
 
 
 def feature_worktrees(repo: str | os.PathLike[str], feature: str) -> list[tuple[str, str]]:
