@@ -289,11 +289,17 @@ def test_start_worker_restarts_one(docker_client: Any, make_plan: Callable[..., 
 
 
 def test_real_worker_runtime_announces_itself(docker_client: Any, make_plan: Callable[..., LaunchPlan]) -> None:
-    import mahabharatha.worker
+    """The real runtime (python3 -m mahabharatha_worker, mounted read-only) passes its git check inside the
+    container and prints the ready line; with an empty run in the shared state it then exits 0."""
+    from mahabharatha.worker.state import StateStore, new_state
 
-    if not (Path(mahabharatha.worker.__file__).parent / "__main__.py").exists():
-        pytest.skip("the worker runtime (mahabharatha/worker/__main__.py) is not written yet")
     plan = make_plan(1)
+    assert plan.workers[0].command == ("python3", "-m", "mahabharatha_worker")
+    Path(plan.state_dir, plan.feature).mkdir(parents=True)
+    StateStore(plan.state_dir, plan.feature).create(new_state(plan.feature, []))
     (handle,) = executor.execute(plan, client=docker_client).workers
-    assert handle.status == "running"
-    assert "MAHABHARATHA_WORKER_READY worker=0" in Path(plan.workers[0].log_path).read_text()
+    result = executor.wait_exit(docker_client, handle.name, timeout=60)
+    assert (result.exit_code, result.meaning, result.oom_killed) == (0, "done: all tasks completed", False)
+    log = Path(plan.workers[0].log_path)
+    assert _eventually(lambda: "exiting" in log.read_text())
+    assert "MAHABHARATHA_WORKER_READY worker=0" in log.read_text().splitlines()
