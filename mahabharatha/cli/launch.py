@@ -1,12 +1,54 @@
-"""``mahabharatha kurukshetra``: plan, launch, orchestrate. The ``--dry-run`` branch lives in :mod:`.dryrun`."""
+"""``mahabharatha kurukshetra`` (plan, launch, orchestrate) and ``mahabharatha demo``.
+
+The ``--dry-run`` branch lives in :mod:`.dryrun`. A real run validates the task graph before anything
+starts, then hands the plan to :func:`mahabharatha.edge.orchestrator.orchestrate` and ends with a summary.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-from ..errors import MahabharathaError
+from ..errors import GraphError, LaunchError
 
-__all__ = ["cmd_kurukshetra"]
+__all__ = ["cmd_kurukshetra", "cmd_demo", "format_summary", "read_graph"]
+
+
+def _say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def read_graph(repo: str, feature: str):  # -> TaskGraph
+    """Load and validate ``.gsd/specs/<feature>/task-graph.json`` (GraphError when missing or invalid)."""
+    from ..core.graph import graph_path, load_graph
+
+    path = graph_path(repo, feature)
+    try:
+        text = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise GraphError(
+            f"{path}: no task graph for feature {feature!r}",
+            hint="run the design phase first (it writes the task graph), or pass --feature",
+        ) from None
+    return load_graph(path, text)
+
+
+def format_summary(result, *, repo: str) -> str:  # result: RunResult
+    lines = [f"Run {result.status} in {result.seconds:.1f} s" + (f": {result.message}" if result.message else "")]
+    for level, counts in result.levels.items():
+        shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        lines.append(f"  level {level}: {shown}")
+    lines.append(f"  base branch: {result.base_branch} (merged work; `git log {result.base_branch}` in {repo})")
+    lines.append(f"  worker branches: {', '.join(result.worker_branches)}")
+    if result.status == "stopped":
+        lines.append("  run `mahabharatha kurukshetra` again to resume")
+    elif result.status in ("failed", "blocked"):
+        lines.append("  see `mahabharatha status` and `mahabharatha logs`; `mahabharatha retry` puts failed tasks back")
+    return "\n".join(lines)
 
 
 def cmd_kurukshetra(args: argparse.Namespace) -> int:
@@ -14,4 +56,74 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
         from .dryrun import run_dry_run
 
         return run_dry_run(args)
-    raise MahabharathaError("launch not implemented yet", hint="use --dry-run to see the plan")
+    from ..edge.orchestrator import orchestrate
+    from ..planning import plan
+
+    launch_plan = plan(
+        getattr(args, "repo", "."),
+        feature=getattr(args, "feature", None),
+        workers=getattr(args, "workers", None),
+        mode=getattr(args, "mode", None),
+    )
+    graph = read_graph(launch_plan.repo, launch_plan.feature)  # before anything starts
+    for notice in launch_plan.notices:
+        _say(f"note: {notice}")
+    result = orchestrate(launch_plan, graph, out=_say, keep_failed=getattr(args, "keep_failed", False))
+    print(format_summary(result, repo=launch_plan.repo), flush=True)
+    return result.exit_code
+
+
+def _demo_image(client, requested: str | None) -> str:
+    """The image the demo runs: ``--image``, else ``mahabharatha-worker`` when present, else build
+    ``mahabharatha-worker:demo`` (no claude CLI needed) from the package's Dockerfile, saying so."""
+    from ..edge.images import DEFAULT_IMAGE, ensure_image, image_exists
+
+    if requested:
+        if not image_exists(client, requested):
+            raise LaunchError(f"image {requested} not found on the Docker engine", hint="build it or drop --image")
+        return requested
+    if image_exists(client, DEFAULT_IMAGE):
+        return DEFAULT_IMAGE
+    tag = f"{DEFAULT_IMAGE}:demo"
+    if image_exists(client, tag):
+        return tag
+    base = os.environ.get("MAHABHARATHA_DEMO_BASE_IMAGE")
+    if not base:
+        base = "mahabharatha-base:trixie" if image_exists(client, "mahabharatha-base:trixie") else "python:3.12-slim"
+    _say(f"worker image {DEFAULT_IMAGE} not found: building {tag} (BASE_IMAGE={base}, without the claude CLI) ...")
+    ensure_image(client, tag, buildargs={"BASE_IMAGE": base, "INSTALL_CLAUDE": "0"}, on_output=lambda line: print(f"    {line}", flush=True))
+    _say(f"built {tag}")
+    return tag
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the sample feature in containers with the scripted agent and show the merged result."""
+    from ..demo import DEMO_FEATURE, create_demo_repo
+    from ..edge.executor import make_client
+    from ..edge.git import git
+    from ..edge.orchestrator import orchestrate
+    from ..planning import plan
+
+    workers = getattr(args, "workers", 3) or 3
+    client = make_client(workers=workers)
+    image = _demo_image(client, getattr(args, "image", None))
+    where = Path(args.dir) if getattr(args, "dir", None) else Path(tempfile.mkdtemp(prefix="mahabharatha-demo-"))
+    repo = create_demo_repo(where / "repo", image=image, workers=workers)
+    _say(f"demo repository: {repo}")
+    empty_home = Path(tempfile.mkdtemp(prefix="mahabharatha-demo-home-"))
+    # No credentials and no ~/.claude: the scripted agent needs none, and none should reach the containers.
+    launch_plan = plan(str(repo), feature=DEMO_FEATURE, workers=workers, mode="container", environ={}, home=empty_home)
+    graph = read_graph(launch_plan.repo, launch_plan.feature)
+    result = orchestrate(launch_plan, graph, out=_say, client=client)
+    print(format_summary(result, repo=str(repo)), flush=True)
+    base = launch_plan.base_branch
+    print(f"\n$ git log --oneline --graph {base}", flush=True)
+    print(git(repo, "log", "--oneline", "--graph", base))
+    print(f"\n$ git ls-tree -r --name-only {base}")
+    print(git(repo, "ls-tree", "-r", "--name-only", base))
+    if result.status == "done":
+        print(f"\n$ git show {base}:wordcount/core.py")
+        print(git(repo, "show", f"{base}:wordcount/core.py"))
+        print(f"\nTry it: git -C {repo} switch {base} && echo 'the cat the dog' | python3 -m wordcount")
+    sys.stdout.flush()
+    return result.exit_code
