@@ -1,0 +1,209 @@
+"""``mahabharatha status``, ``logs``, ``retry`` and ``install-commands``.
+
+All read the shared state (``.mahabharatha/state/<feature>/state.json``) and the host log files; ``status``
+also asks the Docker engine (when reachable) for each worker container's state and CPU/memory use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, MahabharathaError
+from ..worker import state as S
+
+__all__ = ["cmd_status", "cmd_logs", "cmd_retry", "cmd_install_commands", "container_rows"]
+
+
+def _repo_feature(args: argparse.Namespace) -> tuple[str, str]:
+    from ..core.config import validate_feature
+    from ..planning import CURRENT_FEATURE_RELPATH, find_repo_root
+
+    repo = find_repo_root(getattr(args, "repo", "."))
+    feature = getattr(args, "feature", None)
+    if feature:
+        return str(repo), validate_feature(feature, "--feature")
+    current = repo / CURRENT_FEATURE_RELPATH
+    name = current.read_text().strip() if current.is_file() else ""
+    if not name:
+        raise ConfigError(f"{current}: no feature selected", hint="pass --feature NAME")
+    return str(repo), validate_feature(name, str(current))
+
+
+def _store(repo: str, feature: str) -> S.StateStore:
+    return S.StateStore(f"{repo}/.mahabharatha/state", feature)
+
+
+def _read_state(repo: str, feature: str) -> dict[str, Any]:
+    data = _store(repo, feature).read()
+    if data is None:
+        raise MahabharathaError(
+            f"no run state for feature {feature!r} in {repo}", hint="start one with `mahabharatha kurukshetra`"
+        )
+    return data
+
+
+def container_rows(repo: str, feature: str) -> list[dict[str, Any]] | None:
+    """One row per worker container (name, worker, state, exit, cpu %, memory), or None without an engine."""
+    try:
+        from ..core.model import LABEL_WORKER
+        from ..edge.executor import feature_containers, make_client
+
+        client = make_client(timeout=10)
+        rows = feature_containers(client, repo, feature)
+    except Exception:  # noqa: BLE001 - status works without Docker (subprocess mode, engine down)
+        return None
+    out = []
+    for row in sorted(rows, key=lambda r: int((r.get("Labels") or {}).get(LABEL_WORKER, "0"))):
+        info: dict[str, Any] = {
+            "name": (row.get("Names") or ["?"])[0].lstrip("/"),
+            "worker": int((row.get("Labels") or {}).get(LABEL_WORKER, "-1")),
+            "state": row.get("State"),
+            "status": row.get("Status"),
+        }
+        if row.get("State") == "running":
+            try:
+                stats = client.api.stats(row["Id"], stream=False)
+                cpu = stats["cpu_stats"]["cpu_usage"]["total_usage"] - stats["precpu_stats"]["cpu_usage"]["total_usage"]
+                system = stats["cpu_stats"].get("system_cpu_usage", 0) - stats["precpu_stats"].get("system_cpu_usage", 0)
+                ncpu = stats["cpu_stats"].get("online_cpus") or 1
+                info["cpu_percent"] = round(100.0 * cpu / system * ncpu, 1) if system > 0 else 0.0
+                info["memory_bytes"] = stats["memory_stats"].get("usage", 0)
+                info["memory_limit_bytes"] = stats["memory_stats"].get("limit", 0)
+            except Exception:  # noqa: BLE001 - the container may have just exited
+                pass
+        out.append(info)
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    repo, feature = _repo_feature(args)
+    data = _read_state(repo, feature)
+    containers = container_rows(repo, feature)
+    if getattr(args, "json", False):
+        json.dump({"repo": repo, "state": data, "containers": containers}, sys.stdout, indent=1, sort_keys=True)
+        print()
+        return 0
+    print(f"Feature {feature}: {data['status']}, level {data['level']} of {data['levels']}" + (f" ({data['message']})" if data.get("message") else ""))
+    for level, counts in S.summary(data).items():
+        print(f"  level {level}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for tid, t in sorted(data["tasks"].items()):
+            if t["level"] == level and t["status"] != S.DONE:
+                who = f" (worker {t['worker']})" if t.get("worker") is not None else ""
+                print(f"    {tid}: {t['status']}{who}{' - ' + t['error'] if t.get('error') else ''}")
+    by_worker: dict[int, list[str]] = {}
+    for tid, t in sorted(data["tasks"].items()):
+        if t.get("worker") is not None:
+            by_worker.setdefault(t["worker"], []).append(f"{tid}:{t['status']}")
+    if by_worker:
+        print("Workers:")
+        for wid, items in sorted(by_worker.items()):
+            print(f"  worker {wid}: {' '.join(items)}")
+    if containers is None:
+        print("Containers: Docker engine not reachable")
+    elif containers:
+        print("Containers:")
+        for c in containers:
+            extra = ""
+            if "cpu_percent" in c:
+                extra = f", cpu {c['cpu_percent']}%, mem {c.get('memory_bytes', 0) / 2**20:.0f}/{c.get('memory_limit_bytes', 0) / 2**20:.0f} MiB"
+            print(f"  {c['name']} (worker {c['worker']}): {c['status']}{extra}")
+    return 0
+
+
+def _log_files(repo: str, worker: str | None) -> list[Path]:
+    logs = Path(repo) / ".mahabharatha" / "logs" / "workers"
+    if worker is not None:
+        if not worker.isdigit():
+            raise ConfigError(f"logs: WORKER must be a worker id (0, 1, ...), got {worker!r}")
+        path = logs / f"worker-{worker}.stdout.log"
+        if not path.is_file():
+            raise MahabharathaError(f"no log for worker {worker} at {path}")
+        return [path]
+    files = sorted(logs.glob("worker-*.stdout.log"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
+    if not files:
+        raise MahabharathaError(f"no worker logs in {logs}", hint="start a run with `mahabharatha kurukshetra`")
+    return files
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    repo, _feature = _repo_feature(args)
+    files = _log_files(repo, getattr(args, "worker", None))
+    prefix = len(files) > 1
+    tail = getattr(args, "tail", None)
+    handles = []
+    for path in files:
+        fh = open(path, encoding="utf-8", errors="replace")
+        lines = fh.readlines()
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        tag = f"[{path.name.split('.')[0]}] " if prefix else ""
+        sys.stdout.writelines(tag + line if line.endswith("\n") else tag + line + "\n" for line in lines)
+        handles.append((tag, fh))
+    sys.stdout.flush()
+    if not getattr(args, "follow", False):
+        for _, fh in handles:
+            fh.close()
+        return 0
+    try:
+        while True:  # follow like `tail -f`: a CLI convenience, not part of any run
+            got = False
+            for tag, fh in handles:
+                for line in fh.readlines():
+                    got = True
+                    sys.stdout.write(tag + line)
+            sys.stdout.flush()
+            if not got:
+                time.sleep(0.25)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Put failed and blocked tasks (or one TASK) back to pending so the next run (or the running one) takes them."""
+    repo, feature = _repo_feature(args)
+    store = _store(repo, feature)
+    _read_state(repo, feature)
+    wanted = getattr(args, "task", None)
+    with store.transaction() as data:
+        if wanted is not None and wanted not in data["tasks"]:
+            raise MahabharathaError(f"no task {wanted!r} in feature {feature}", hint="see `mahabharatha status`")
+        reset = []
+        for tid, t in sorted(data["tasks"].items()):
+            if (wanted is None and t["status"] in (S.FAILED, S.BLOCKED)) or (tid == wanted and t["status"] != S.CLAIMED):
+                t.update(status=S.PENDING, worker=None, attempts=0, error="")
+                reset.append(tid)
+        if reset and data["status"] in S.FINAL:
+            data["status"] = S.RUNNING
+            data["message"] = ""
+        pending = sorted(t["level"] for t in data["tasks"].values() if t["status"] == S.PENDING)
+        if pending and pending[0] < data["level"]:
+            data["level"] = pending[0]
+    if not reset:
+        print("Nothing to retry" + (f": {wanted} is being worked on" if wanted else ": no failed or blocked tasks"))
+        return 0
+    print(f"Back to pending: {', '.join(reset)}. Run `mahabharatha kurukshetra` to continue.")
+    return 0
+
+
+def cmd_install_commands(args: argparse.Namespace) -> int:
+    """Copy the /mahabharatha:* slash-command files into ``<repo>/.claude/commands/mahabharatha/``."""
+    from ..planning import find_repo_root
+
+    repo = find_repo_root(getattr(args, "repo", "."))
+    target = repo / ".claude" / "commands" / "mahabharatha"
+    target.mkdir(parents=True, exist_ok=True)
+    installed = []
+    for entry in sorted(resources.files("mahabharatha.commands").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".md"):
+            with resources.as_file(entry) as src:
+                shutil.copyfile(src, target / entry.name)
+            installed.append("/mahabharatha:" + entry.name[:-3])
+    print(f"Installed {len(installed)} commands into {target}: {', '.join(installed)}")
+    return 0

@@ -1,0 +1,1 @@
+"""Claude Code slash-command files (``/mahabharatha:*``), installed by ``mahabharatha install-commands``."""
