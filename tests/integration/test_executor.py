@@ -303,3 +303,17 @@ def test_real_worker_runtime_announces_itself(docker_client: Any, make_plan: Cal
     log = Path(plan.workers[0].log_path)
     assert _eventually(lambda: "exiting" in log.read_text())
     assert "MAHABHARATHA_WORKER_READY worker=0" in log.read_text().splitlines()
+
+
+def test_secret_printed_by_a_worker_is_redacted_on_the_host(docker_client: Any,
+                                                            make_plan: Callable[..., LaunchPlan]) -> None:
+    """Even a worker that prints its key leaks it neither into the host log nor into the error message."""
+    from mahabharatha.core.secret import Secret
+
+    script = "import os; print('key is', os.environ['ANTHROPIC_API_KEY'], flush=True); raise SystemExit(1)"
+    plan = make_plan(1, environ={"ANTHROPIC_API_KEY": KEY}, command=("python3", "-c", script))
+    with pytest.raises(LaunchError) as info:
+        executor.execute(plan, client=docker_client)
+    assert KEY not in str(info.value) and f"key is {Secret(KEY).redacted}" in str(info.value)
+    log = Path(plan.workers[0].log_path).read_text()
+    assert KEY not in log and Secret(KEY).redacted in log
