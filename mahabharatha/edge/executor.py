@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -491,18 +491,19 @@ class _Fleet:
         handles: dict[int, WorkerHandle] = {}
         try:
             with ThreadPoolExecutor(max_workers=max(1, len(self.specs)), thread_name_prefix="mahabharatha-start") as pool:
-                futures = {pool.submit(self._one, spec): spec for spec in self.specs}
-                for future in _as_completed(futures):
-                    try:
-                        handle = future.result()
-                        handles[handle.worker_id] = handle
-                    except BaseException as exc:  # noqa: BLE001 - first failure wins; the rest are aborted
-                        if failure is None:
-                            failure = exc
-                            self._abort()
-        except BaseException as exc:  # KeyboardInterrupt while waiting: same cleanup
-            failure = failure or exc
-            self._abort()
+                futures = [pool.submit(self._one, spec) for spec in self.specs]
+                try:
+                    for future in as_completed(futures):
+                        try:
+                            handle = future.result()
+                            handles[handle.worker_id] = handle
+                        except Exception as exc:  # noqa: BLE001 - first failure wins; the rest are aborted
+                            if failure is None:
+                                failure = exc
+                                self._abort()
+                except BaseException as exc:  # Ctrl-C while waiting: wake every starter before the pool joins
+                    failure = failure or exc
+                    self._abort()
         finally:
             self.events.close()
         if failure is not None:
@@ -515,12 +516,6 @@ class _Fleet:
                 failure.hint = (failure.hint + "; " if failure.hint else "") + "containers kept for debugging (--keep-failed)"
             raise failure
         return tuple(handles[spec.worker_id] for spec in self.specs)
-
-
-def _as_completed(futures: Iterable[Any]) -> Iterable[Any]:
-    from concurrent.futures import as_completed
-
-    return as_completed(list(futures))
 
 
 # --------------------------------------------------------------------------------------------------------
