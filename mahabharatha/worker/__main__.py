@@ -184,11 +184,11 @@ class Worker:
         return None
 
     # -- the loop -----------------------------------------------------------------------------------------
-    def wait_for_change(self) -> None:
-        """Block until the state file changes (or a stop arrives), polling with a growing delay."""
-        start = self.store.mtime_ns()
+    def wait_for_change(self, seq: int) -> None:
+        """Block until the state was written after write number ``seq`` (or a stop arrives), polling with a
+        growing delay. ``seq`` is read *before* the state was last examined, so no update is missed."""
         delay = 0.02
-        while self.store.mtime_ns() == start:
+        while self.store.seq() == seq:
             self.check_stop()
             time.sleep(delay)
             delay = min(delay * 2, self.poll_max)
@@ -209,6 +209,7 @@ class Worker:
         while True:
             self.check_stop()
             data = self.store.read() or {}
+            seq = int(data.get("seq", 0))
             status = data.get("status")
             if status in S.FINAL:
                 say(f"[worker {self.worker_id}] run {status}; exiting")
@@ -220,12 +221,12 @@ class Worker:
                 self.seen_level = data.get("level")
                 say(f"[worker {self.worker_id}] level {self.seen_level}: merged {self.base_branch}")
             with self.store.transaction() as data:
-                if data.get("level") != self.seen_level:
-                    continue
+                if data.get("level") != self.seen_level or data.get("seq") != seq:
+                    continue  # changed since we looked: look again
                 task_id = S.claim_next(data, self.worker_id)
                 attempt = data["tasks"][task_id]["attempts"] if task_id else 0
             if task_id is None:
-                self.wait_for_change()
+                self.wait_for_change(seq)
                 continue
             code = self.do_task(task_id, attempt)
             if code is not None:

@@ -12,7 +12,7 @@ Schema (version 1)::
 
     {"version": 1, "feature": "F", "level": 1, "levels": [1, 2],
      "status": "running" | "done" | "blocked" | "failed" | "stopped",
-     "message": "", "updated": <unix time>,
+     "message": "", "updated": <unix time>, "seq": <write counter>,
      "tasks": {"T1": {"level": 1, "status": "pending" | "claimed" | "done" | "failed" | "blocked",
                       "worker": 0 | null, "attempts": 0, "commit": "" , "error": ""}}}
 
@@ -82,6 +82,7 @@ class StateStore:
 
     def _write(self, data: dict[str, Any]) -> None:
         data["updated"] = time.time()
+        data["seq"] = int(data.get("seq", 0)) + 1  # waiters compare this (mtimes can repeat within a tick)
         fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -137,6 +138,14 @@ class StateStore:
         """Write a new document (under the lock)."""
         with self.lock():
             self._write(data)
+
+    def seq(self) -> int:
+        """The write counter of the current document (0 when there is none)."""
+        try:
+            data = self.read()
+        except ValueError:
+            return -1
+        return int((data or {}).get("seq", 0))
 
     def mtime_ns(self) -> int:
         try:

@@ -1,0 +1,207 @@
+"""The orchestrator without Docker: plumbing merges, level settling, and whole runs in subprocess mode (the same
+worker runtime as in containers, run on the host against real git repositories)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mahabharatha.core.graph import load_graph
+from mahabharatha.edge.orchestrator import merge_into_base, orchestrate, settle_level
+from mahabharatha.errors import OrchestrationError
+from mahabharatha.planning import plan
+from mahabharatha.worker import state as S
+
+AGENT = "python3 -m mahabharatha_worker.scripted_agent"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    r = (tmp_path / "p" / "repo").resolve()
+    r.mkdir(parents=True)
+    git(r, "init", "-q", "-b", "main")
+    (r / "README.md").write_text("hello\n")
+    git(r, "add", "-A")
+    git(r, "commit", "-qm", "initial")
+    return r
+
+
+def task(tid: str, level: int, deps: tuple[str, ...] = (), create: tuple[str, ...] = (), modify: tuple[str, ...] = (),
+         verify: str = "", **scripted: Any) -> dict[str, Any]:
+    t: dict[str, Any] = {
+        "id": tid, "title": f"title {tid}", "description": "", "level": level, "dependencies": list(deps),
+        "files": {"create": list(create), "modify": list(modify), "read": []},
+        "verification": {"command": verify, "timeout_seconds": 30},
+    }
+    if scripted:
+        t["scripted"] = scripted
+    return t
+
+
+def run(repo: Path, tasks: list[dict[str, Any]], *, workers: int = 3, agent: str = AGENT, extra: str = "",
+        home: Path | None = None) -> tuple[Any, list[str]]:
+    spec = repo / ".gsd" / "specs" / "feat"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "task-graph.json").write_text(json.dumps({"feature": "feat", "tasks": tasks}))
+    (repo / ".mahabharatha").mkdir(exist_ok=True)
+    (repo / ".mahabharatha" / "config.yaml").write_text(
+        f"workers:\n  launcher_type: subprocess\n  max_concurrent: {workers}\n  retry_attempts: 1\n"
+        f"  agent_command: {agent}\n{extra}"
+    )
+    home = home or repo.parent / "home"
+    home.mkdir(exist_ok=True)
+    p = plan(str(repo), feature="feat", workers=workers, environ={}, home=home)
+    g = load_graph(str(spec / "task-graph.json"), (spec / "task-graph.json").read_text())
+    lines: list[str] = []
+    return orchestrate(p, g, out=lines.append), lines
+
+
+def files_on(repo: Path, ref: str) -> set[str]:
+    return set(git(repo, "ls-tree", "-r", "--name-only", ref).splitlines())
+
+
+# -------------------------------------------------------------------------------------------------------------
+# merges
+
+
+def _branch_with(repo: Path, branch: str, start: str, path: str, text: str) -> None:
+    wt = repo.parent / f"wt-{branch.replace('/', '-')}"
+    git(repo, "worktree", "add", "-q", "-b", branch, str(wt), start)
+    (wt / path).write_text(text)
+    git(wt, "add", "-A")
+    git(wt, "commit", "-qm", f"{branch} writes {path}")
+
+
+def test_merge_fast_forwards_then_merges_without_touching_the_checkout(repo: Path) -> None:
+    git(repo, "branch", "base")
+    _branch_with(repo, "w0", "base", "a.txt", "a\n")
+    _branch_with(repo, "w1", "base", "b.txt", "b\n")
+    (repo / "dirty.txt").write_text("user's uncommitted work\n")
+    head, status = git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain")
+    assert merge_into_base(str(repo), "base", ["w0", "w1"], "level 1") == ["w0", "w1"]
+    assert files_on(repo, "base") == {"README.md", "a.txt", "b.txt"}
+    assert git(repo, "rev-parse", "base^1") == git(repo, "rev-parse", "w0")  # w0 fast-forwarded
+    assert git(repo, "rev-parse", "base^2") == git(repo, "rev-parse", "w1")  # w1 merged
+    assert (git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain")) == (head, status)
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert merge_into_base(str(repo), "base", ["w0", "w1"], "again") == []  # nothing new
+
+
+def test_merge_conflict_names_the_file_and_leaves_base_alone(repo: Path) -> None:
+    git(repo, "branch", "base")
+    _branch_with(repo, "w0", "base", "same.txt", "from w0\n")
+    _branch_with(repo, "w1", "base", "same.txt", "from w1\n")
+    with pytest.raises(OrchestrationError, match=r"merging w1 into base conflicts in: same.txt"):
+        merge_into_base(str(repo), "base", ["w0", "w1"], "level 1")
+    assert git(repo, "rev-parse", "base") == git(repo, "rev-parse", "w0")
+
+
+# -------------------------------------------------------------------------------------------------------------
+# settling
+
+
+def test_settle_blocks_dependants_transitively_and_ends_blocked() -> None:
+    g = load_graph("g", json.dumps({"feature": "f", "tasks": [
+        task("a", 1), task("b", 1), task("c", 2, ("a",)), task("d", 3, ("c",)), task("e", 3, ("b",))]}))
+    data = S.new_state("f", [(t.id, t.level) for t in g.tasks])
+    S.finish_task(data, "a", S.FAILED, error="x")
+    S.finish_task(data, "b", S.DONE)
+    settle_level(data, g)
+    assert data["level"] == 3 and data["status"] == "running"  # level 2 holds only blocked work
+    assert data["tasks"]["c"]["status"] == "blocked" and data["tasks"]["d"]["error"] == "blocked by c"
+    assert data["tasks"]["e"]["status"] == "pending"
+    S.finish_task(data, "e", S.DONE)
+    settle_level(data, g)
+    assert data["status"] == "blocked" and "failed: a; blocked: c, d" in data["message"]
+
+
+# -------------------------------------------------------------------------------------------------------------
+# whole runs (subprocess mode)
+
+
+GRAPH_3 = [
+    task("A", 1, create=("src/a.py",), verify="test -f src/a.py && grep -q 'task A' src/a.py | cat"),
+    task("B", 1, create=("src/b.py",)),
+    task("C", 1, create=("docs/c.md",)),
+    task("D", 2, ("A", "B"), create=("src/d.py",), modify=("src/a.py",)),
+    task("E", 2, ("C",), create=("docs/e.md",)),
+    task("F", 3, ("D", "E"), modify=("README.md",), verify="grep -q 'task F' README.md"),
+]
+
+
+def test_three_levels_on_three_workers_end_on_the_base_branch(repo: Path) -> None:
+    result, lines = run(repo, GRAPH_3)
+    assert result.status == "done" and result.exit_code == 0, lines
+    assert result.levels == {1: {"done": 3}, 2: {"done": 2}, 3: {"done": 1}}
+    base = "mahabharatha/feat/base"
+    assert files_on(repo, base) == {"README.md", "src/a.py", "src/b.py", "docs/c.md", "src/d.py", "docs/e.md"}
+    assert "task D" in git(repo, "show", f"{base}:src/a.py")  # level 2 saw level 1's merged work
+    subjects = git(repo, "log", "--format=%s", base).splitlines()
+    for tid in "ABCDEF":
+        assert sum(s.startswith(f"{tid}: ") for s in subjects) == 1
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert git(repo, "rev-parse", "main") == git(repo, "rev-parse", "main@{0}")
+    progress = (repo / ".gsd" / "specs" / "feat" / "progress.md").read_text()
+    assert progress.count(" done") == 6
+    # Re-running a finished feature resumes from the state: nothing runs again.
+    again, lines2 = run(repo, GRAPH_3)
+    assert again.status == "done" and not any("starting" in line for line in lines2)
+
+
+def test_failed_verification_fails_the_task_and_blocks_dependants(repo: Path) -> None:
+    tasks = [
+        task("ok", 1, create=("ok.txt",)),
+        task("bad", 1, create=("bad.txt",), verify="echo checking && exit 7"),
+        task("after-bad", 2, ("bad",), create=("x.txt",)),
+        task("after-ok", 2, ("ok",), create=("y.txt",)),
+        task("last", 3, ("after-bad",), create=("z.txt",)),
+    ]
+    result, lines = run(repo, tasks, workers=2)
+    assert result.status == "blocked" and result.exit_code == 3, lines
+    state = json.loads((repo / ".mahabharatha/state/feat/state.json").read_text())
+    assert state["tasks"]["bad"]["status"] == "failed"
+    assert "verification failed (exit 7)" in state["tasks"]["bad"]["error"]
+    assert state["tasks"]["after-bad"]["status"] == "blocked" and state["tasks"]["last"]["status"] == "blocked"
+    assert state["tasks"]["after-ok"]["status"] == "done"
+    base = "mahabharatha/feat/base"
+    assert "bad.txt" not in files_on(repo, base) and {"ok.txt", "y.txt"} <= files_on(repo, base)
+    assert "bad.txt" in files_on(repo, "refs/mahabharatha/failed/feat/bad")  # the work is kept, not merged
+
+
+def test_context_limit_restarts_the_worker_for_the_same_task(repo: Path) -> None:
+    tasks = [task("A", 1, create=("a.txt",), exit={"1": 2}), task("B", 2, ("A",), create=("b.txt",))]
+    result, lines = run(repo, tasks, workers=1)
+    assert result.status == "done", lines
+    assert any("context limit reached (exit 2); restarting" in line for line in lines)
+    state = json.loads((repo / ".mahabharatha/state/feat/state.json").read_text())
+    assert state["tasks"]["A"]["attempts"] == 2
+    assert {"a.txt", "b.txt"} <= files_on(repo, "mahabharatha/feat/base")
+
+
+def test_agent_failure_fails_the_task(repo: Path) -> None:
+    result, lines = run(repo, [task("A", 1, create=("a.txt",), exit={"1": 5})], workers=1)
+    assert result.status == "failed" and result.exit_code == 1, lines
+    state = json.loads((repo / ".mahabharatha/state/feat/state.json").read_text())
+    assert state["tasks"]["A"]["error"] == "agent command exited 5"
+
+
+def test_the_agent_gets_the_task_in_its_environment(repo: Path) -> None:
+    agent = (
+        "python3 -c \"import json, os; t = json.load(open(os.environ['MAHABHARATHA_TASK_JSON'])); "
+        "open('seen-' + os.environ['MAHABHARATHA_TASK_ID'], 'w').write(t['title'] + '|' + "
+        "os.environ['MAHABHARATHA_TASK_PROMPT'].splitlines()[1])\""
+    )
+    result, lines = run(repo, [task("T1", 1, create=("seen-T1",))], workers=1, agent=agent)
+    assert result.status == "done", lines
+    assert git(repo, "show", "mahabharatha/feat/base:seen-T1") == "title T1|Task T1: title T1"
