@@ -10,7 +10,9 @@
    advances the level (then merge the base branch in and go on) or ends the run.
 
 Exit codes (protocol): 0 run done, 1 unrecoverable error, 2 the agent reported its context limit (the task
-is claimable again), 3 the run ended blocked/failed, 130 SIGTERM/SIGINT (the task is claimable again).
+is claimable again), 3 the run ended blocked/failed, 130 SIGTERM/SIGINT (the task is claimable again), 137
+the agent was SIGKILLed (the memory limit's OOM killer picks the biggest process, usually the agent; the task
+stays claimed for the orchestrator's OOM policy).
 """
 
 from __future__ import annotations
@@ -150,6 +152,12 @@ class Worker:
                 say(f"[worker {self.worker_id}] agent reached its context limit on {task_id}; exiting 2")
                 self.progress(f"{task_id} context limit reached; task released")
                 return P.EXIT_CONTEXT_LIMIT
+            if code in (-signal.SIGKILL, 128 + signal.SIGKILL):
+                # Killed outright: in a container that is the memory limit's OOM killer. Exit 137 with the task
+                # still claimed, so the orchestrator applies its OOM policy (retry, then fail with advice).
+                say(f"[worker {self.worker_id}] agent killed (SIGKILL, likely out of memory) on {task_id}; exiting 137")
+                self.progress(f"{task_id} agent killed (SIGKILL, likely out of memory)")
+                return P.EXIT_OOM
             error = "" if code == 0 else f"agent command exited {code}"
             if not error:
                 verify = task.get("verification") or {}

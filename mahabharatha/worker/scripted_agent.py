@@ -8,7 +8,7 @@ behaviour:
 - ``"content": {"path": "text", ...}``: exact content for created files (default: a header naming the task);
 - ``"exit": {"<attempt>": code}``: exit with ``code`` on that attempt (e.g. ``{"1": 2}``: context limit once);
 - ``"allocate_mb": {"<attempt>": mb}``: allocate and touch that much memory first (e.g. to be OOM-killed);
-- ``"sleep": seconds``: sleep before writing (e.g. to be stopped mid-task).
+- ``"sleep": seconds`` or ``{"<attempt>": seconds}``: sleep before writing (e.g. to be stopped mid-task).
 
 Standard library only.
 """
@@ -32,8 +32,11 @@ def main() -> int:
         hog = bytearray(mb * 1024 * 1024)
         for i in range(0, len(hog), 4096):
             hog[i] = 1
-    if script.get("sleep"):
-        time.sleep(float(script["sleep"]))
+    sleep = script.get("sleep") or 0
+    if isinstance(sleep, dict):
+        sleep = sleep.get(attempt, 0)
+    if sleep:
+        time.sleep(float(sleep))
     code = (script.get("exit") or {}).get(attempt)
     if code is not None:
         print(f"scripted agent: exiting {code} on attempt {attempt}", flush=True)

@@ -1,0 +1,117 @@
+"""The worker runtime run directly on the host (``python -m mahabharatha_worker`` with host paths): git check,
+ready line, context-limit and stop-signal exits leave the task claimable."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mahabharatha.edge.orchestrator import worker_env_for_host
+from mahabharatha.edge.worktrees import ensure_worktrees
+from mahabharatha.planning import plan
+from mahabharatha.worker import protocol as P
+from mahabharatha.worker import state as S
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    def make(tasks: list[dict[str, Any]]) -> tuple[Any, dict[str, str], S.StateStore]:
+        repo = (tmp_path / "p" / "repo").resolve()
+        repo.mkdir(parents=True)
+        git(repo, "init", "-q", "-b", "main")
+        (repo / "README.md").write_text("hello\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "initial")
+        spec = repo / ".gsd" / "specs" / "feat"
+        spec.mkdir(parents=True)
+        (spec / "task-graph.json").write_text(json.dumps({"feature": "feat", "tasks": tasks}))
+        (repo / ".mahabharatha").mkdir()
+        (repo / ".mahabharatha" / "config.yaml").write_text(
+            "workers:\n  launcher_type: subprocess\n  agent_command: python3 -m mahabharatha_worker.scripted_agent\n"
+        )
+        (tmp_path / "home").mkdir()
+        p = plan(str(repo), feature="feat", workers=1, environ={}, home=tmp_path / "home")
+        ensure_worktrees(p.repo, p.base_branch, p.worktrees)
+        store = S.StateStore(p.state_dir, "feat")
+        store.create(S.new_state("feat", [(t["id"], t["level"]) for t in tasks]))
+        return p, worker_env_for_host(p, p.workers[0]), store
+
+    return make
+
+
+def _task(tid: str, **scripted: Any) -> dict[str, Any]:
+    return {"id": tid, "level": 1, "title": tid, "files": {"create": [f"{tid}.txt"]}, "scripted": scripted}
+
+
+def _start(p: Any, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", P.RUNTIME_PACKAGE], cwd=p.workers[0].worktree.path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_wrong_branch_is_exit_1_before_the_ready_line(setup) -> None:
+    p, env, _ = setup([_task("A")])
+    git(Path(p.workers[0].worktree.path), "switch", "-q", "-c", "elsewhere")
+    proc = _start(p, env)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == P.EXIT_ERROR
+    assert "expected refs/heads/mahabharatha/feat/worker-0" in out
+    assert P.READY_MARKER not in out
+
+
+def test_context_limit_exits_2_and_leaves_the_task_claimable(setup) -> None:
+    p, env, store = setup([_task("A", exit={"1": 2})])
+    proc = _start(p, env)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == P.EXIT_CONTEXT_LIMIT, out
+    assert out.splitlines()[0] == P.ready_line(0)
+    task = (store.read() or {})["tasks"]["A"]
+    assert task["status"] == "pending" and task["attempts"] == 1
+
+
+def test_stop_signal_exits_130_and_releases_the_task(setup) -> None:
+    p, env, store = setup([_task("A", sleep=60)])
+    proc = _start(p, env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == P.ready_line(0)
+    deadline = time.monotonic() + 30
+    while (store.read() or {})["tasks"]["A"]["status"] != "claimed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == P.EXIT_STOPPED, out
+    assert (store.read() or {})["tasks"]["A"]["status"] == "pending"
+    progress = Path(p.repo, ".gsd/specs/feat/progress.md").read_text()
+    assert "stopped; A released" in progress
+
+
+def test_final_status_ends_an_idle_worker(setup) -> None:
+    p, env, store = setup([_task("A")])
+    proc = _start(p, env)
+    deadline = time.monotonic() + 30
+    while (store.read() or {})["tasks"]["A"]["status"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert proc.poll() is None  # waits for the orchestrator to end the level
+    with store.transaction() as data:
+        data["status"] = "blocked"
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == P.EXIT_BLOCKED, out
+    subject = git(Path(p.workers[0].worktree.path), "log", "-1", "--format=%s")
+    assert subject == "A: A"
