@@ -10,7 +10,7 @@ uncommitted changes unless forced. The mount points Docker creates inside a work
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..core.model import Worktree
@@ -21,6 +21,7 @@ __all__ = [
     "ensure_base_branch",
     "ensure_worktree",
     "ensure_worktrees",
+    "worktree_creator",
     "list_worktrees",
     "feature_worktrees",
     "uncommitted_changes",
@@ -145,13 +146,26 @@ def ensure_worktree(repo: str | os.PathLike[str], wt: Worktree) -> None:
     _ensure_one(repo, wt, _registry(repo), _branches(repo))
 
 
-def ensure_worktrees(repo: str | os.PathLike[str], base_branch: str, worktrees: Iterable[Worktree]) -> None:
-    """The base branch, then every worktree (in order; each step idempotent; git is asked once for the
-    existing worktrees and branches, not once per worker)."""
+def worktree_creator(repo: str | os.PathLike[str], base_branch: str) -> Callable[[Worktree], None]:
+    """Create the base branch now; return ``ensure(wt)`` for the worktrees, to be called one at a time.
+
+    git is asked once for the existing worktrees and branches, not once per worker, and callers may start
+    using worktree N (e.g. start its container) while N+1 is still being created.
+    """
     ensure_base_branch(repo, base_branch)
     registered, branches = _registry(repo), _branches(repo)
-    for wt in worktrees:
+
+    def ensure(wt: Worktree) -> None:
         _ensure_one(repo, wt, registered, branches)
+
+    return ensure
+
+
+def ensure_worktrees(repo: str | os.PathLike[str], base_branch: str, worktrees: Iterable[Worktree]) -> None:
+    """The base branch, then every worktree (in order; each step idempotent)."""
+    ensure = worktree_creator(repo, base_branch)
+    for wt in worktrees:
+        ensure(wt)
 
 
 def feature_worktrees(repo: str | os.PathLike[str], feature: str) -> list[tuple[str, str]]:
