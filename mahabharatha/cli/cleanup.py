@@ -12,16 +12,15 @@ import shutil
 from pathlib import Path
 
 from ..errors import ConfigError, LaunchError, MahabharathaError, WorktreeError
-from ..edge.git import git, git_ok
 
 __all__ = ["cmd_stop", "cmd_cleanup", "cmd_build_image"]
 
 
 def _repo_root(path: str) -> str:
-    where = Path(path).resolve()
-    if not git_ok(where, "rev-parse", "--show-toplevel"):
-        raise ConfigError(f"--repo: {where} is not inside a git repository", hint="run from your project or pass --repo")
-    return str(Path(git(where, "rev-parse", "--show-toplevel")).resolve())
+    """The main checkout's root, resolved exactly as the planner does (container labels carry it)."""
+    from ..planning import find_repo_root
+
+    return str(find_repo_root(path))
 
 
 def _feature(repo: str, given: str | None) -> str:
