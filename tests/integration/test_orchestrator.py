@@ -1,0 +1,196 @@
+"""End to end in real containers: the worker runtime, the scripted agent and the orchestrator on real git repos.
+
+Uses the shared fixtures of ``conftest.py`` (engine, ``mahabharatha-worker:test`` image, a fresh repo, a unique
+container prefix, label-based cleanup).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mahabharatha.core.graph import load_graph
+from mahabharatha.core.model import LABEL_REPO
+from mahabharatha.edge.orchestrator import orchestrate
+from mahabharatha.errors import GraphError
+from mahabharatha.worker import state as S
+
+pytestmark = pytest.mark.docker
+
+AGENT = "python3 -m mahabharatha_worker.scripted_agent"
+BASE = "mahabharatha/feat/base"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def task(tid: str, level: int, deps: tuple[str, ...] = (), create: tuple[str, ...] = (), modify: tuple[str, ...] = (),
+         verify: str = "", **scripted: Any) -> dict[str, Any]:
+    t: dict[str, Any] = {
+        "id": tid, "title": f"title {tid}", "level": level, "dependencies": list(deps),
+        "files": {"create": list(create), "modify": list(modify), "read": []},
+        "verification": {"command": verify, "timeout_seconds": 60},
+    }
+    if scripted:
+        t["scripted"] = scripted
+    return t
+
+
+def write_graph(repo: Path, tasks: list[dict[str, Any]]) -> Any:
+    spec = repo / ".gsd" / "specs" / "feat"
+    spec.mkdir(parents=True, exist_ok=True)
+    path = spec / "task-graph.json"
+    path.write_text(json.dumps({"feature": "feat", "tasks": tasks}))
+    return load_graph(str(path), path.read_text())
+
+
+def config(retry: int = 2, memory: str = "256m") -> str:
+    return (
+        f"workers:\n  agent_command: {AGENT}\n  retry_attempts: {retry}\n"
+        f"resources:\n  container_memory_limit: {memory}\n  container_cpu_limit: 1.0\n"
+    )
+
+
+def run(make_plan: Any, docker_client: Any, graph: Any, workers: int, **cfg: Any) -> tuple[Any, list[str]]:
+    plan = make_plan(workers, config=config(**cfg))
+    lines: list[str] = []
+    result = orchestrate(plan, graph, out=lines.append, client=docker_client)
+    return result, lines
+
+
+def state_of(repo: Path) -> dict[str, Any]:
+    return json.loads((repo / ".mahabharatha" / "state" / "feat" / "state.json").read_text())
+
+
+def test_three_levels_on_three_workers(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
+    graph = write_graph(git_repo, [
+        task("A", 1, create=("src/a.py",), verify="test -f src/a.py && grep -c task src/a.py | grep -q 1"),
+        task("B", 1, create=("src/b.py",)),
+        task("C", 1, create=("docs/c.md",)),
+        task("D", 2, ("A", "B"), create=("src/d.py",), modify=("src/a.py",)),
+        task("E", 2, ("C",), create=("docs/e.md",)),
+        task("F", 3, ("D", "E"), modify=("README.md",), verify="grep -q 'task F' README.md"),
+    ])
+    result, lines = run(make_plan, docker_client, graph, 3)
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    files = set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+    assert files == {"README.md", "src/a.py", "src/b.py", "docs/c.md", "src/d.py", "docs/e.md"}
+    assert "task D" in git(git_repo, "show", f"{BASE}:src/a.py")  # level 2 built on level 1's merge
+    # A clean history: the initial commit, one commit per task, and the orchestrator's merges; nothing else.
+    subjects = git(git_repo, "log", "--format=%s", BASE).splitlines()
+    assert sorted(s.split(":")[0] for s in subjects if not s.startswith(("initial", "mahabharatha feat level"))) == list("ABCDEF")
+    assert git(git_repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert git(git_repo, "status", "--porcelain", "--untracked-files=no") == ""
+    # Host git still works in every worktree (the overlays never rewrote its files) and can remove them.
+    from mahabharatha.edge.worktrees import remove_worktree
+
+    for spec in make_plan(3, config=config()).workers:
+        assert git(Path(spec.worktree.path), "status", "--porcelain") == ""
+        assert remove_worktree(git_repo, spec.worktree.path)
+    # The run removed its containers.
+    assert docker_client.api.containers(all=True, filters={"label": f"{LABEL_REPO}={git_repo}"}) == []
+
+
+def test_failed_verification_blocks_dependants_exit_3(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
+    graph = write_graph(git_repo, [
+        task("ok", 1, create=("ok.txt",)),
+        task("bad", 1, create=("bad.txt",), verify="test -f bad.txt && false"),
+        task("needs-bad", 2, ("bad",), create=("x.txt",)),
+    ])
+    result, lines = run(make_plan, docker_client, graph, 2)
+    assert (result.status, result.exit_code) == ("blocked", 3), lines
+    st = state_of(git_repo)["tasks"]
+    assert st["bad"]["status"] == "failed" and "verification failed (exit 1)" in st["bad"]["error"]
+    assert st["needs-bad"]["status"] == "blocked" and st["needs-bad"]["error"] == "blocked by bad"
+    assert any("exited 3" in line for line in lines)  # the workers ended on the blocked run
+    assert "bad.txt" not in git(git_repo, "ls-tree", "-r", "--name-only", BASE)
+
+
+def test_memory_kill_is_retried_and_succeeds(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
+    # The agent needs 400 MB on its first attempt only (a spike): the 128m limit kills it, the orchestrator
+    # puts the task back and restarts the worker, the second attempt fits.
+    graph = write_graph(git_repo, [task("big", 1, create=("big.txt",), allocate_mb={"1": 400}), task("next", 2, ("big",), create=("n.txt",))])
+    result, lines = run(make_plan, docker_client, graph, 1, memory="128m")
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    assert any("exited 137" in line for line in lines) and any("restarting" in line for line in lines), lines
+    assert any("OOMKilled" in line for line in lines), lines  # the engine confirms it was the memory limit
+    assert state_of(git_repo)["tasks"]["big"]["attempts"] == 2
+    assert "big.txt" in git(git_repo, "ls-tree", "-r", "--name-only", BASE)
+
+
+def test_memory_kill_beyond_retries_fails_with_advice(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
+    graph = write_graph(git_repo, [task("big", 1, create=("big.txt",), allocate_mb={"1": 400, "2": 400})])
+    result, lines = run(make_plan, docker_client, graph, 1, memory="128m", retry=1)
+    assert (result.status, result.exit_code) == ("failed", 1), lines
+    error = state_of(git_repo)["tasks"]["big"]["error"]
+    assert "raise resources.container_memory_limit (now 128m)" in error, error
+
+
+def test_context_limit_restarts_the_worker(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
+    graph = write_graph(git_repo, [task("A", 1, create=("a.txt",), exit={"1": 2})])
+    result, lines = run(make_plan, docker_client, graph, 1)
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    assert any("context limit reached (exit 2); restarting" in line for line in lines), lines
+    assert state_of(git_repo)["tasks"]["A"]["attempts"] == 2
+
+
+def test_stop_yields_130_and_resume_finishes(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
+    from mahabharatha.edge.executor import stop_workers
+
+    graph = write_graph(git_repo, [
+        task("quick", 1, create=("q.txt",)),
+        task("slow", 1, create=("s.txt",), sleep={"1": 120}),
+        task("after", 2, ("quick", "slow"), create=("a.txt",)),
+    ])
+    plan = make_plan(2, config=config())
+    box: dict[str, Any] = {}
+    lines: list[str] = []
+    runner = threading.Thread(target=lambda: box.update(result=orchestrate(plan, graph, out=lines.append, client=docker_client)))
+    runner.start()
+    store = S.StateStore(plan.state_dir, "feat")
+    deadline = time.monotonic() + 120
+    while True:  # until quick is done and slow is being worked on
+        data = store.read() or {"tasks": {}}
+        if data["tasks"].get("quick", {}).get("status") == "done" and data["tasks"].get("slow", {}).get("status") == "claimed":
+            break
+        assert time.monotonic() < deadline and runner.is_alive(), lines
+        time.sleep(0.1)
+    stop_workers(docker_client, plan.repo, plan.feature, timeout=20)  # what `mahabharatha stop` does
+    runner.join(timeout=120)
+    assert (box["result"].status, box["result"].exit_code) == ("stopped", 130), lines
+    quick_commit = state_of(git_repo)["tasks"]["quick"]["commit"]
+    assert state_of(git_repo)["tasks"]["slow"]["status"] == "pending"
+    lines2: list[str] = []
+    again = orchestrate(plan, graph, out=lines2.append, client=docker_client)
+    assert (again.status, again.exit_code) == ("done", 0), lines2
+    st = state_of(git_repo)["tasks"]
+    assert st["quick"]["attempts"] == 1 and st["quick"]["commit"] == quick_commit  # not redone, not lost
+    assert st["slow"]["attempts"] == 2
+    assert {"q.txt", "s.txt", "a.txt"} <= set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+
+
+def test_two_tasks_writing_one_file_are_rejected_before_launch(git_repo: Path, container_prefix: str, worker_image: str, docker_client: Any, capsys: Any) -> None:
+    from mahabharatha.cli import main
+
+    with pytest.raises(GraphError):
+        write_graph(git_repo, [task("a", 1, create=("same.py",)), task("b", 1, modify=("same.py",))])
+    (git_repo / ".gsd" / ".current-feature").write_text("feat\n")
+    (git_repo / ".mahabharatha").mkdir(exist_ok=True)
+    (git_repo / ".mahabharatha" / "config.yaml").write_text(
+        f"workers:\n  agent_command: {AGENT}\n  container_prefix: {container_prefix}\n"
+        f"resources:\n  container_image: {worker_image}\n"
+    )
+    code = main(["kurukshetra", "--repo", str(git_repo), "--mode", "container", "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "tasks 'a' and 'b' of level 1 both create or modify 'same.py'" in err
+    assert "Traceback" not in err
+    assert docker_client.api.containers(all=True, filters={"label": f"{LABEL_REPO}={git_repo}"}) == []
+    assert subprocess.run(["git", "-C", str(git_repo), "rev-parse", "--verify", "-q", BASE], capture_output=True).returncode != 0
