@@ -317,3 +317,13 @@ def test_secret_printed_by_a_worker_is_redacted_on_the_host(docker_client: Any,
     assert KEY not in str(info.value) and f"key is {Secret(KEY).redacted}" in str(info.value)
     log = Path(plan.workers[0].log_path).read_text()
     assert KEY not in log and Secret(KEY).redacted in log
+
+
+def test_container_not_seen_running_in_time(docker_client: Any, make_plan: Callable[..., LaunchPlan],
+                                            ready_command: Any, container_prefix: str) -> None:
+    """The running check trusts only the engine's events: a container whose start event never reaches the
+    launch (here: unlabelled, so outside the launch's event filter) fails with the documented message."""
+    plan = make_plan(1, command=ready_command(), labels=(), ready_timeout_s=1.0)
+    with pytest.raises(LaunchError, match=r"^Container failed to become ready: .* was not running after 1 s"):
+        executor.execute(plan, client=docker_client)
+    assert docker_client.api.containers(all=True, filters={"name": f"^/{container_prefix}"}) == []
