@@ -53,7 +53,7 @@ class Worker:
             raise SystemExit(f"worker: environment variable {exc.args[0]} is not set") from None
         self.workspace = env.get(P.ENV_WORKSPACE) or P.WORKSPACE
         self.main_git_dir = env.get(P.ENV_GIT_MAIN_DIR) or None
-        self.poll_max = float(env.get(P.ENV_POLL_MAX) or 0.5)
+        self.poll_max = float(env.get(P.ENV_POLL_MAX) or 0.1)
         self.store = S.StateStore(self.state_dir, self.feature)
         self.stopping = False
         self.child: subprocess.Popen[bytes] | None = None
