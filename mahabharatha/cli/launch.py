@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from ..errors import GraphError, LaunchError
@@ -108,7 +109,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     client = make_client(workers=workers)
     image = _demo_image(client, getattr(args, "image", None))
     where = Path(args.dir) if getattr(args, "dir", None) else Path(tempfile.mkdtemp(prefix="mahabharatha-demo-"))
-    repo = create_demo_repo(where / "repo", image=image, workers=workers)
+    # A prefix of its own: container names are global on an engine, and two demos may run at once.
+    prefix = f"mahabharatha-demo-{uuid.uuid4().hex[:6]}"
+    repo = create_demo_repo(where / "repo", image=image, workers=workers, container_prefix=prefix)
     _say(f"demo repository: {repo}")
     empty_home = Path(tempfile.mkdtemp(prefix="mahabharatha-demo-home-"))
     # No credentials and no ~/.claude: the scripted agent needs none, and none should reach the containers.
