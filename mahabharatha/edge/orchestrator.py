@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import queue
 import shutil
@@ -57,7 +58,8 @@ __all__ = [
 
 _IDENTITY = ("-c", "user.name=mahabharatha orchestrator", "-c", "user.email=orchestrator@mahabharatha.invalid")
 _MAX_CONTEXT_RESTARTS = 20  # per worker: an agent that always hits its limit must not loop forever
-_WAKE_S = 5.0  # the loop also wakes this often to check worker timeouts
+_SECONDS_PER_MINUTE = 60.0  # tests shrink it to exercise workers.timeout_minutes quickly
+_WAKE_S = 5.0  # longest wait for an event; the loop wakes earlier when a worker's timeout falls due
 
 
 class RunResult(msgspec.Struct, frozen=True):
@@ -400,7 +402,7 @@ class _Run:
         self.timed_out: set[int] = set()
         self.stopping = False  # we are ending the run (stop signal or final status)
         self.stopped_by_user = False
-        self.pending_dies: dict[str, tuple[int, str]] = {}
+        self.seconds_per_minute = _SECONDS_PER_MINUTE
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _worker_branches(self) -> list[str]:
@@ -458,10 +460,7 @@ class _Run:
         meaning = P.exit_meaning(code) + (", OOMKilled" if oom else "")
         if wid in self.timed_out:
             self.timed_out.discard(wid)
-            minutes = self.plan.timeout_minutes
-            with self.store.transaction() as d:
-                failed = S.release_worker(d, wid, status=S.FAILED, error=f"worker timed out after {minutes} min (workers.timeout_minutes)")
-            self._log(f"worker {wid}: timed out after {minutes} min; failed {', '.join(failed) or 'no task'}")
+            self._log(f"worker {wid} exited {code} ({meaning}) after its timeout")
             if self._pending_work() and not self.stopping:
                 self._restart(wid, "timed out")
             return
@@ -515,17 +514,43 @@ class _Run:
                 return
         self._log(f"worker {wid} exited {code} ({meaning})")
 
-    def _check_timeouts(self) -> None:
-        limit = self.plan.timeout_minutes * 60
+    def _check_timeouts(self) -> float:
+        """Stop workers running longer than ``workers.timeout_minutes``; return seconds until the next deadline."""
+        limit = self.plan.timeout_minutes * self.seconds_per_minute
         now = time.monotonic()
+        wait = _WAKE_S
         for wid, started in list(self.started_at.items()):
-            if wid in self.alive and wid not in self.timed_out and now - started > limit:
+            if wid not in self.alive or wid in self.timed_out:
+                continue
+            if now - started > limit:
                 self.timed_out.add(wid)
-                self._log(f"worker {wid}: over workers.timeout_minutes={self.plan.timeout_minutes}; stopping it")
+                minutes = self.plan.timeout_minutes
+                # Fail its task first: the stopped worker releases only tasks still claimed.
+                with self.store.transaction() as d:
+                    failed = S.release_worker(d, wid, status=S.FAILED, error=f"worker timed out after {minutes} min (workers.timeout_minutes)")
+                self._log(f"worker {wid}: over workers.timeout_minutes={minutes}; stopping it; failed {', '.join(failed) or 'no task'}")
                 self.launcher.stop(wid)
+            else:
+                wait = min(wait, started + limit - now + 0.01)
+        return wait
 
     # -- main ----------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        os.makedirs(self.store.dir, exist_ok=True)
+        lock_fd = os.open(os.path.join(self.store.dir, "orchestrator.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OrchestrationError(
+                    f"another `mahabharatha kurukshetra` is running feature {self.plan.feature} in {self.plan.repo}",
+                    hint="wait for it, or stop it with `mahabharatha stop`",
+                ) from None
+            return self._run()
+        finally:
+            os.close(lock_fd)
+
+    def _run(self) -> RunResult:
         t0 = time.monotonic()
         plan = self.plan
         _worktrees.ensure_base_branch(plan.repo, plan.base_branch)
@@ -592,10 +617,10 @@ class _Run:
                     return
             elif not self.alive:
                 return
+            wait = self._check_timeouts() if not self.stopping else _WAKE_S
             try:
-                event = self.events.get(timeout=_WAKE_S)
+                event = self.events.get(timeout=wait)
             except queue.Empty:
-                self._check_timeouts()
                 continue
             kind = event[0]
             if kind == "state":

@@ -97,6 +97,8 @@ class Worker:
         self.child = subprocess.Popen(
             ["sh", "-c", command], cwd=self.workspace, env=env, start_new_session=True, stdout=sys.stdout, stderr=sys.stderr
         )
+        if self.stopping:  # the signal came while the child was being started: the handler missed it
+            self.on_signal(signal.SIGTERM, None)
         try:
             return self.child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -109,6 +111,10 @@ class Worker:
         finally:
             self.child = None
             sys.stdout.flush()
+
+    def owns(self, data: dict[str, Any], task_id: str) -> bool:
+        task = data["tasks"].get(task_id) or {}
+        return task.get("status") == S.CLAIMED and task.get("worker") == self.worker_id
 
     # -- one task -----------------------------------------------------------------------------------------
     def prompt(self, task: dict[str, Any]) -> str:
@@ -180,13 +186,15 @@ class Worker:
             if parked:
                 error += f" (work kept at refs/mahabharatha/failed/{self.feature}/{task_id})"
             with self.store.transaction() as data:
-                S.finish_task(data, task_id, S.FAILED, error=error)
+                if self.owns(data, task_id):
+                    S.finish_task(data, task_id, S.FAILED, error=error)
             say(f"[worker {self.worker_id}] task {task_id} FAILED: {error}")
             self.progress(f"{task_id} failed: {error}")
             return None
         commit = gitsetup.commit_all(self.workspace, f"{task_id}: {title}\n\nmahabharatha worker {self.worker_id}, feature {self.feature}") or ""
         with self.store.transaction() as data:
-            S.finish_task(data, task_id, S.DONE, commit=commit)
+            if self.owns(data, task_id):  # not taken away meanwhile (e.g. failed by the worker timeout)
+                S.finish_task(data, task_id, S.DONE, commit=commit)
         say(f"[worker {self.worker_id}] task {task_id} done{' (' + commit[:10] + ')' if commit else ' (no changes)'}")
         self.progress(f"{task_id} done{' ' + commit[:10] if commit else ''}")
         return None
@@ -207,6 +215,16 @@ class Worker:
         except gitsetup.GitSetupError as exc:
             say(f"[worker {self.worker_id}] git setup failed: {exc}")
             return P.EXIT_ERROR
+        # Uncommitted leftovers of a task this worker was stopped or killed in: keep them on a ref of their
+        # own (never lost, never mixed into the next task's commit), and start from a clean branch.
+        parked = gitsetup.park_failed_work(
+            self.workspace,
+            f"refs/mahabharatha/interrupted/{self.feature}/worker-{self.worker_id}-{int(time.time())}",
+            f"interrupted work of worker {self.worker_id} (uncommitted when it stopped)",
+        )
+        if parked:
+            say(f"[worker {self.worker_id}] kept uncommitted leftovers of an interrupted task at {parked[:10]} "
+                f"(refs/mahabharatha/interrupted/{self.feature}/)")
         if not self.store.exists():
             say(f"[worker {self.worker_id}] no state at {self.store.path}: the orchestrator starts workers")
             return P.EXIT_ERROR

@@ -205,3 +205,31 @@ def test_the_agent_gets_the_task_in_its_environment(repo: Path) -> None:
     result, lines = run(repo, [task("T1", 1, create=("seen-T1",))], workers=1, agent=agent)
     assert result.status == "done", lines
     assert git(repo, "show", "mahabharatha/feat/base:seen-T1") == "title T1|Task T1: title T1"
+
+
+def test_a_worker_over_its_time_is_stopped_and_its_task_fails(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mahabharatha.edge.orchestrator as orchestrator
+
+    monkeypatch.setattr(orchestrator, "_SECONDS_PER_MINUTE", 1.0)  # timeout_minutes: 1 -> one second
+    tasks = [task("slow", 1, create=("s.txt",), sleep={"1": 60}), task("next", 2, ("slow",), create=("n.txt",))]
+    result, lines = run(repo, tasks, workers=1, extra="  timeout_minutes: 1\n")
+    assert (result.status, result.exit_code) == ("blocked", 3), lines
+    state = json.loads((repo / ".mahabharatha/state/feat/state.json").read_text())
+    assert state["tasks"]["slow"]["status"] == "failed"
+    assert state["tasks"]["slow"]["error"] == "worker timed out after 1 min (workers.timeout_minutes)"
+    assert state["tasks"]["next"]["status"] == "blocked"
+
+
+def test_a_second_orchestrator_for_the_same_feature_is_refused(repo: Path) -> None:
+    import fcntl
+    import os
+
+    lock_dir = repo / ".mahabharatha" / "state" / "feat"
+    lock_dir.mkdir(parents=True)
+    fd = os.open(lock_dir / "orchestrator.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(OrchestrationError, match="another `mahabharatha kurukshetra` is running feature feat"):
+            run(repo, [task("A", 1, create=("a.txt",))], workers=1)
+    finally:
+        os.close(fd)

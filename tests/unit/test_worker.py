@@ -115,3 +115,23 @@ def test_final_status_ends_an_idle_worker(setup) -> None:
     assert proc.returncode == P.EXIT_BLOCKED, out
     subject = git(Path(p.workers[0].worktree.path), "log", "-1", "--format=%s")
     assert subject == "A: A"
+
+
+def test_leftovers_of_an_interrupted_task_are_kept_apart(setup) -> None:
+    p, env, store = setup([_task("A")])
+    wt = Path(p.workers[0].worktree.path)
+    (wt / "half-done.txt").write_text("partial work of a killed agent\n")
+    proc = _start(p, env)
+    deadline = time.monotonic() + 30
+    while (store.read() or {})["tasks"]["A"]["status"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with store.transaction() as data:
+        data["status"] = "done"
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "kept uncommitted leftovers" in out
+    files = git(wt, "ls-tree", "-r", "--name-only", "HEAD").splitlines()
+    assert "half-done.txt" not in files and "A.txt" in files  # not mixed into task A's commit
+    refs = git(wt, "for-each-ref", "--format=%(refname)", "refs/mahabharatha/interrupted/feat/").splitlines()
+    assert len(refs) == 1 and "half-done.txt" in git(wt, "ls-tree", "-r", "--name-only", refs[0])
