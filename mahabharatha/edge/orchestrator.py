@@ -403,6 +403,7 @@ class _Run:
         self.stopping = False  # we are ending the run (stop signal or final status)
         self.stopped_by_user = False
         self.seconds_per_minute = _SECONDS_PER_MINUTE
+        self.reported: dict[str, str] = {}  # task id -> status last reported
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _worker_branches(self) -> list[str]:
@@ -555,6 +556,7 @@ class _Run:
         plan = self.plan
         _worktrees.ensure_base_branch(plan.repo, plan.base_branch)
         data, resumed = init_state(self.store, self.graph)
+        self.reported = {tid: t["status"] for tid, t in data["tasks"].items() if t["status"] in (S.DONE, S.FAILED)}
         if resumed:
             counts = S.summary(data)
             done = sum(c.get(S.DONE, 0) for c in counts.values())
@@ -604,8 +606,23 @@ class _Run:
             seconds=time.monotonic() - t0,
         )
 
+    def _report_tasks(self) -> None:
+        """One line per task that finished (done/failed) since the last look: launch progress for the user."""
+        data = self.store.read() or {}
+        for tid, t in sorted(data.get("tasks", {}).items()):
+            status = t["status"]
+            if status in (S.DONE, S.FAILED) and self.reported.get(tid) != status:
+                self.reported[tid] = status
+                if status == S.DONE:
+                    self._log(f"task {tid} done by worker {t.get('worker')}" + (f" ({t['commit'][:10]})" if t.get("commit") else ""))
+                else:
+                    self._log(f"task {tid} FAILED: {t.get('error', '')}")
+            elif status not in (S.DONE, S.FAILED):
+                self.reported.pop(tid, None)
+
     def _loop(self) -> None:
         while True:
+            self._report_tasks()
             self._finish_level_if_settled()
             data = self.store.read() or {}
             if data.get("status") in S.FINAL:
