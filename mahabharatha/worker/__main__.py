@@ -231,6 +231,8 @@ class Worker:
         with self.store.transaction() as data:
             S.release_worker(data, self.worker_id)  # claims left by an earlier run of this worker
             self.seen_level = data["level"]
+        # A resumed or restarted worker may have missed level merges: start from the merged base.
+        gitsetup.merge_base_branch(self.workspace, self.base_branch)
         say(P.ready_line(self.worker_id))
         while True:
             self.check_stop()

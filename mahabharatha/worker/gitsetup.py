@@ -85,7 +85,10 @@ def park_failed_work(workspace: str, ref: str, message: str) -> str | None:
 
 
 def merge_base_branch(workspace: str, base_branch: str) -> None:
-    """Bring the merged base into the worker branch (normally a fast-forward: base contains this branch)."""
+    """Bring the merged base into the worker branch (normally a fast-forward: base contains this branch).
+    Nothing happens when the branch already contains the base."""
+    if git(workspace, "merge-base", "--is-ancestor", base_branch, "HEAD", check=False).returncode == 0:
+        return
     if git(workspace, "merge", "-q", "--ff-only", base_branch, check=False).returncode == 0:
         return
     git(workspace, "merge", "-q", "--no-edit", "--no-verify", base_branch)

@@ -135,3 +135,26 @@ def test_leftovers_of_an_interrupted_task_are_kept_apart(setup) -> None:
     assert "half-done.txt" not in files and "A.txt" in files  # not mixed into task A's commit
     refs = git(wt, "for-each-ref", "--format=%(refname)", "refs/mahabharatha/interrupted/feat/").splitlines()
     assert len(refs) == 1 and "half-done.txt" in git(wt, "ls-tree", "-r", "--name-only", refs[0])
+
+
+def test_a_resumed_worker_starts_from_the_merged_base(setup, tmp_path: Path) -> None:
+    # The orchestrator merged work into the base after this worker's branch was made (e.g. the run was
+    # stopped right after a level merge): the worker must bring it in before taking a task.
+    task = _task("A")
+    task["verification"] = {"command": "test -f from-base.txt"}
+    p, env, store = setup([task])
+    other = tmp_path / "other"
+    git(Path(p.repo), "worktree", "add", "-q", str(other), p.base_branch)
+    (other / "from-base.txt").write_text("merged earlier\n")
+    git(other, "add", "-A")
+    git(other, "commit", "-qm", "earlier level")
+    git(Path(p.repo), "worktree", "remove", str(other))
+    proc = _start(p, env)
+    deadline = time.monotonic() + 30
+    while (store.read() or {})["tasks"]["A"]["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with store.transaction() as data:
+        data["status"] = "done"
+    out, _ = proc.communicate(timeout=30)
+    assert (store.read() or {})["tasks"]["A"]["status"] == "done", out
