@@ -441,7 +441,16 @@ class _Run:
             self._log(f"level {new_level} started")
 
     def _existing_branches(self) -> list[str]:
-        return [b for b in self._worker_branches() if git_ok(self.plan.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{b}")]
+        """Every worker branch of the feature, including those of an earlier run with more workers (their done
+        tasks' commits must reach the base too), in worker order."""
+        prefix = f"refs/heads/mahabharatha/{self.plan.feature}/worker-"
+        refs = git(self.plan.repo, "for-each-ref", "--format=%(refname)", f"refs/heads/mahabharatha/{self.plan.feature}/").splitlines()
+        numbered = []
+        for ref in refs:
+            suffix = ref[len(prefix):] if ref.startswith(prefix) else ""
+            if suffix.isdigit():
+                numbered.append((int(suffix), ref[len("refs/heads/"):]))
+        return [branch for _, branch in sorted(numbered)]
 
     def _pending_work(self) -> bool:
         data = self.store.read() or {}

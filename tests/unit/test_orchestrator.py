@@ -233,3 +233,25 @@ def test_a_second_orchestrator_for_the_same_feature_is_refused(repo: Path) -> No
             run(repo, [task("A", 1, create=("a.txt",))], workers=1)
     finally:
         os.close(fd)
+
+
+def test_work_of_an_earlier_run_with_more_workers_reaches_the_base(repo: Path) -> None:
+    # Run 1 (3 workers) finished level 1 but was stopped before merging it; run 2 has 1 worker.
+    slow = {"sleep": {"1": 0.5}}  # so the three workers each take one
+    tasks = [task("A", 1, create=("a.txt",), **slow), task("B", 1, create=("b.txt",), **slow), task("C", 1, create=("c.txt",), **slow),
+             task("D", 2, ("A", "B", "C"), create=("d.txt",), verify="test -f a.txt && test -f b.txt && test -f c.txt")]
+    first, lines = run(repo, tasks, workers=3)
+    assert first.status == "done", lines
+    git(repo, "branch", "-f", "mahabharatha/feat/base", "main")  # as if the level-1 merge never happened
+    state_file = repo / ".mahabharatha/state/feat/state.json"
+    state = json.loads(state_file.read_text())
+    state["tasks"]["D"].update(status="pending", commit="", worker=None)
+    state.update(status="running", level=1)
+    state_file.write_text(json.dumps(state))
+    assert len({state["tasks"][t]["worker"] for t in "ABC"}) == 3  # level 1 was spread over the workers
+    for t in "ABC":  # each worker branch holds only its own level-1 task, unmerged
+        wt = repo.parent / ".mahabharatha-worktrees" / "feat" / f"worker-{state['tasks'][t]['worker']}"
+        git(wt, "reset", "-q", "--hard", state["tasks"][t]["commit"])
+    second, lines2 = run(repo, tasks, workers=1)
+    assert second.status == "done", lines2
+    assert {"a.txt", "b.txt", "c.txt", "d.txt"} <= files_on(repo, "mahabharatha/feat/base")
