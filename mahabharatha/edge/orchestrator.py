@@ -84,9 +84,10 @@ def init_state(store: S.StateStore, graph: TaskGraph) -> tuple[dict[str, Any], b
         return store.read() or {}, False
     with store.transaction() as data:
         known = data["tasks"]
-        for t in graph.tasks:  # tasks added to the graph since: pending
+        for t in graph.tasks:  # tasks added to the graph since: pending; levels follow the graph
             if t.id not in known:
                 known[t.id] = {"level": t.level, "status": S.PENDING, "worker": None, "attempts": 0, "commit": "", "error": ""}
+            known[t.id]["level"] = t.level
         for tid in [tid for tid in known if tid not in {t.id for t in graph.tasks}]:
             del known[tid]
         for task in known.values():
@@ -281,6 +282,16 @@ class SubprocessLauncher:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+    def poll_exits(self, alive: dict[int, Any]) -> list[tuple[int, int | None, bool]]:
+        """Workers in ``alive`` (id -> pid) whose process has ended: (id, code, oom)."""
+        out = []
+        for wid, pid in alive.items():
+            proc = self.procs.get(wid)
+            if proc is not None and proc.pid == pid and proc.poll() is not None:
+                code = proc.returncode
+                out.append((wid, 128 - code if code < 0 else code, False))
+        return out
+
     def close(self, *, success: bool) -> None:
         pass
 
@@ -325,6 +336,20 @@ class ContainerLauncher:
         if info is None:
             return None, False
         return info.exit_code, info.oom_killed
+
+    def poll_exits(self, alive: dict[int, Any]) -> list[tuple[int, int | None, bool]]:
+        """Workers in ``alive`` (id -> container id) whose container has stopped: (id, code, oom)."""
+        out = []
+        for wid, cid in alive.items():
+            try:
+                info = self.executor.worker_exit(self.client, cid)
+            except Exception:  # noqa: BLE001 - engine unreachable: nothing to report now
+                continue
+            if info is None:  # removed behind our back: report it as an unexpected end
+                out.append((wid, -1, False))
+            elif info.exit_code is not None:
+                out.append((wid, info.exit_code, info.oom_killed))
+        return out
 
     def start_all(self) -> None:
         launch = self.executor.execute(self.plan, client=self.client, keep_failed=self.keep_failed)
@@ -593,6 +618,19 @@ class _Run:
                         d.update(status="stopped", message="interrupted; run again to resume")
             if self.launcher is not None:
                 self.launcher.stop_all()
+        except BaseException as exc:
+            # Our own failure (engine gone, git error, a bug): never leave a fleet waiting for a level advance
+            # that will not come. Stop it, record why, and let the error reach the caller.
+            with contextlib.suppress(Exception):
+                with self.store.transaction() as d:
+                    if d["status"] == S.RUNNING:
+                        d.update(status="stopped", message=f"orchestrator stopped: {exc}"[:300])
+            if self.launcher is not None:
+                with contextlib.suppress(Exception):
+                    self.launcher.stop_all()
+                with contextlib.suppress(Exception):
+                    self.launcher.close(success=False)
+            raise
         finally:
             fifo.close()
         data = self.store.read() or {}
@@ -647,6 +685,10 @@ class _Run:
             try:
                 event = self.events.get(timeout=wait)
             except queue.Empty:
+                # Safety net, not the mechanism: if an exit event was lost (e.g. the engine's event stream
+                # broke), ask for the exits directly.
+                for wid, code, oom in self.launcher.poll_exits(dict(self.alive)):
+                    self._on_exit(wid, code, oom)
                 continue
             kind = event[0]
             if kind == "state":

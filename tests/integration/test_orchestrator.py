@@ -194,3 +194,14 @@ def test_two_tasks_writing_one_file_are_rejected_before_launch(git_repo: Path, c
     assert "Traceback" not in err
     assert docker_client.api.containers(all=True, filters={"label": f"{LABEL_REPO}={git_repo}"}) == []
     assert subprocess.run(["git", "-C", str(git_repo), "rev-parse", "--verify", "-q", BASE], capture_output=True).returncode != 0
+
+
+def test_a_broken_event_stream_does_not_hang_the_run(git_repo: Path, make_plan: Any, docker_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mahabharatha.edge.orchestrator as orchestrator
+
+    monkeypatch.setattr(orchestrator.ContainerLauncher, "_read_events", lambda self: None)  # no die events at all
+    monkeypatch.setattr(orchestrator, "_WAKE_S", 0.2)
+    graph = write_graph(git_repo, [task("A", 1, create=("a.txt",), exit={"1": 2}), task("B", 2, ("A",), create=("b.txt",))])
+    result, lines = run(make_plan, docker_client, graph, 1)
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    assert any("context limit reached (exit 2); restarting" in line for line in lines), lines
