@@ -11,6 +11,8 @@ share of the level-end merges. Printed per worker count:
 - launch: start until every worker announced itself (container create/start + git check);
 - per-task overhead: ``(total - launch) * workers / tasks - agent_seconds``, the worker-time each task costs
   beyond the agent's own work (idle time at level barriers included). Target: under 200 ms;
+- above ideal: total minus (launch + the agent time of a perfect schedule, ``3 * ceil(10 / N)`` rounds), i.e.
+  the whole run's orchestration cost on the critical path (claims, commits, verification, level merges);
 - speed-up: total on 1 worker / total on N workers.
 
 With the no-op agent every task is ~30 ms of CPU-bound process work (sh, git), so on a 2-core machine more
@@ -126,10 +128,13 @@ def main() -> int:
     base = rows[0][1]
     what = f"agent sleeping {args.agent_seconds:g} s" if args.agent_seconds else "no-op agent"
     print(f"{args.tasks} tasks in 3 levels, {what}, {args.mode} mode ({args.image if client else 'host'}), best of {args.repeat}")
-    print(f"{'workers':>7}  {'total s':>8}  {'launch s':>8}  {'overhead/task ms':>16}  {'speed-up':>8}")
+    print(f"{'workers':>7}  {'total s':>8}  {'launch s':>8}  {'overhead/task ms':>16}  {'above ideal s':>13}  {'speed-up':>8}")
+    per_level = args.tasks // 3
     for n, total, launch in rows:
         overhead = ((total - launch) * n / args.tasks - args.agent_seconds) * 1000
-        print(f"{n:>7}  {total:>8.2f}  {launch:>8.2f}  {overhead:>16.0f}  {base / total:>7.2f}x")
+        # The ideal schedule: every level in ceil(tasks/N) rounds of agent time, no orchestration cost at all.
+        ideal = launch + 3 * -(-per_level // n) * args.agent_seconds
+        print(f"{n:>7}  {total:>8.2f}  {launch:>8.2f}  {overhead:>16.0f}  {total - ideal:>13.2f}  {base / total:>7.2f}x")
     return 0
 
 
