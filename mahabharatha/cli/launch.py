@@ -13,8 +13,13 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GraphError, LaunchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.graph import TaskGraph
+    from ..edge.orchestrator import RunResult
 
 __all__ = ["cmd_kurukshetra", "cmd_demo", "format_summary", "read_graph"]
 
@@ -23,7 +28,7 @@ def _say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def read_graph(repo: str, feature: str):  # -> TaskGraph
+def read_graph(repo: str, feature: str) -> TaskGraph:
     """Load and validate ``.gsd/specs/<feature>/task-graph.json`` (GraphError when missing or invalid)."""
     from ..core.graph import graph_path, load_graph
 
@@ -38,7 +43,7 @@ def read_graph(repo: str, feature: str):  # -> TaskGraph
     return load_graph(path, text)
 
 
-def format_summary(result, *, repo: str) -> str:  # result: RunResult
+def format_summary(result: RunResult, *, repo: str) -> str:
     lines = [f"Run {result.status} in {result.seconds:.1f} s" + (f": {result.message}" if result.message else "")]
     for level, counts in result.levels.items():
         shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -74,7 +79,7 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _demo_image(client, requested: str | None) -> str:
+def _demo_image(client: Any, requested: str | None) -> str:
     """The image the demo runs: ``--image``, else ``mahabharatha-worker`` when present, else build
     ``mahabharatha-worker:demo`` (no claude CLI needed) from the package's Dockerfile, saying so."""
     from ..edge.images import DEFAULT_IMAGE, ensure_image, image_exists

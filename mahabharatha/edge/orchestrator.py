@@ -28,7 +28,6 @@ import queue
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -183,14 +182,15 @@ def merge_into_base(repo: str, base_branch: str, branches: list[str], message: s
 # Launchers: start/restart/stop workers and report their exits on a queue as ("exit", worker_id, code, oom)
 
 
-def _runtime_pythonpath() -> str:
+def _runtime_pythonpath(repo: str) -> str:
     """A directory where ``mahabharatha_worker`` is this package's worker runtime (a symlink), so the host runs
-    exactly what containers run: ``python3 -m mahabharatha_worker``."""
+    exactly what containers run: ``python3 -m mahabharatha_worker``. It lives in the repository's own
+    ``.mahabharatha/runtime/lib`` (not a shared temp dir another user could plant code in)."""
     from .. import worker as worker_pkg
 
     target = Path(worker_pkg.__file__).resolve().parent
-    base = Path(tempfile.gettempdir()) / f"mahabharatha-runtime-{os.getuid()}"
-    base.mkdir(exist_ok=True)
+    base = Path(repo) / ".mahabharatha" / "runtime" / "lib"
+    base.mkdir(parents=True, exist_ok=True)
     link = base / P.RUNTIME_PACKAGE
     if not (link.is_symlink() and link.resolve() == target):
         tmp = base / f".{P.RUNTIME_PACKAGE}.{os.getpid()}"
@@ -215,7 +215,7 @@ def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, 
             P.ENV_SPEC_DIR: f"{plan.repo}/.gsd/specs/{plan.feature}",
             P.ENV_GIT_WORKTREE_DIR: spec.worktree.admin_dir,
             P.ENV_GIT_MAIN_DIR: f"{plan.repo}/.git",
-            "PYTHONPATH": os.pathsep.join(p for p in (_runtime_pythonpath(), env.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": os.pathsep.join(p for p in (_runtime_pythonpath(plan.repo), env.get("PYTHONPATH", "")) if p),
             "PYTHONUNBUFFERED": "1",
         }
     )
