@@ -97,7 +97,15 @@ def _demo_image(client: Any, requested: str | None) -> str:
     if not base:
         base = "mahabharatha-base:trixie" if image_exists(client, "mahabharatha-base:trixie") else "python:3.12-slim"
     _say(f"worker image {DEFAULT_IMAGE} not found: building {tag} (BASE_IMAGE={base}, without the claude CLI) ...")
-    ensure_image(client, tag, buildargs={"BASE_IMAGE": base, "INSTALL_CLAUDE": "0"}, on_output=lambda line: print(f"    {line}", flush=True))
+    try:
+        ensure_image(client, tag, buildargs={"BASE_IMAGE": base, "INSTALL_CLAUDE": "0"}, on_output=lambda line: print(f"    {line}", flush=True))
+    except LaunchError as exc:
+        exc.hint = (
+            f"{exc.hint + '; ' if exc.hint else ''}offline? build a local base with "
+            "`scripts/build_offline_base.sh mahabharatha-base:trixie` and run the demo again "
+            "(or set MAHABHARATHA_DEMO_BASE_IMAGE, or pass --image)"
+        )
+        raise
     _say(f"built {tag}")
     return tag
 
