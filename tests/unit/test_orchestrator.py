@@ -255,3 +255,15 @@ def test_work_of_an_earlier_run_with_more_workers_reaches_the_base(repo: Path) -
     second, lines2 = run(repo, tasks, workers=1)
     assert second.status == "done", lines2
     assert {"a.txt", "b.txt", "c.txt", "d.txt"} <= files_on(repo, "mahabharatha/feat/base")
+
+
+def test_a_merge_conflict_fails_the_run_naming_the_file(repo: Path) -> None:
+    # Agents may write outside their declared files: two workers both write shared.txt in level 1.
+    agent = 'sleep 0.5; echo "$MAHABHARATHA_TASK_ID" > shared.txt'
+    tasks = [task("A", 1), task("B", 1), task("C", 2, ("A", "B"))]
+    result, lines = run(repo, tasks, workers=2, agent=agent)
+    assert (result.status, result.exit_code) == ("failed", 1), lines
+    assert "into mahabharatha/feat/base conflicts in: shared.txt" in result.message
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main" and git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+    state = json.loads((repo / ".mahabharatha/state/feat/state.json").read_text())
+    assert state["tasks"]["C"]["status"] == "pending"  # never started on a half-merged base
