@@ -91,4 +91,10 @@ def merge_base_branch(workspace: str, base_branch: str) -> None:
         return
     if git(workspace, "merge", "-q", "--ff-only", base_branch, check=False).returncode == 0:
         return
-    git(workspace, "merge", "-q", "--no-edit", "--no-verify", base_branch)
+    proc = git(workspace, "merge", "-q", "--no-edit", "--no-verify", base_branch, check=False)
+    if proc.returncode != 0:
+        conflicts = git(workspace, "diff", "--name-only", "--diff-filter=U", check=False).stdout.split()
+        git(workspace, "merge", "--abort", check=False)  # leave the worktree as it was, not mid-merge
+        raise GitSetupError(
+            f"merging {base_branch} into the worker branch conflicts in: {', '.join(conflicts) or '(unknown)'}"
+        )
