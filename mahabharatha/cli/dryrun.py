@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ..core.model import LaunchPlan
@@ -21,10 +20,7 @@ def run_dry_run(args: argparse.Namespace) -> int:
         workers=getattr(args, "workers", None),
         mode=getattr(args, "mode", None),
     )
-    try:
-        _print(launch_plan, as_json=getattr(args, "json", False))
-    except BrokenPipeError:  # `... --dry-run | head`: the reader left; that is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    _print(launch_plan, as_json=getattr(args, "json", False))
     return 0
 
 

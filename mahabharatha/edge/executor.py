@@ -32,7 +32,6 @@ import msgspec
 from ..core.model import (
     LABEL_FEATURE,
     LABEL_MANAGED,
-    LABEL_PLAN,
     LABEL_REPO,
     LABEL_WORKER,
     LaunchPlan,
