@@ -28,7 +28,7 @@ def test_nothing_found():
 
 
 def test_environment_wins_over_dotenv():
-    summary, secrets = discover({"ANTHROPIC_API_KEY": KEY}, f"ANTHROPIC_API_KEY=other-value-xxxxxxxxxxxx\n")
+    summary, secrets = discover({"ANTHROPIC_API_KEY": KEY}, "ANTHROPIC_API_KEY=other-value-xxxxxxxxxxxx\n")
     assert summary.api_key_source == "environment"
     assert secrets[0].name == "ANTHROPIC_API_KEY" and secrets[0].value == Secret(KEY)
     assert secrets[0].source == "environment"
