@@ -165,44 +165,28 @@ def plan_for(
     environ: dict[str, str] | None = None,
     config: str | None = None,
 ) -> LaunchPlan:
-    """A container-mode plan from the real planner, with explicit inputs (no real HOME or environment)."""
-    import mahabharatha.worker
-    from mahabharatha.core.auth import discover_auth
-    from mahabharatha.core.config import load_config
-    from mahabharatha.core.plan import build_plan
+    """A container-mode plan from the real planner, with explicit inputs (no real HOME or environment).
 
-    environ = dict(environ or {})
-    config_path = str(repo / ".mahabharatha" / "config.yaml")
-    resolved = load_config(
-        config_path,
-        config,
-        environ,
-        {
-            "workers.launcher_type": "container",
+    ``config`` (YAML text) is written to the repo's ``.mahabharatha/config.yaml`` first, so the planner reads it
+    exactly as it would a user's.
+    """
+    from mahabharatha.planning import plan
+
+    if config is not None:
+        (repo / ".mahabharatha").mkdir(exist_ok=True)
+        (repo / ".mahabharatha" / "config.yaml").write_text(config)
+    return plan(
+        repo,
+        feature=feature,
+        workers=workers,
+        mode="container",
+        environ=dict(environ or {}),
+        home=home,
+        overrides={
             "workers.max_concurrent": max(workers, 1),
             "workers.container_prefix": prefix,
             "resources.container_image": image,
         },
-    )
-    auth, secrets = discover_auth(
-        environ=environ,
-        dotenv_text=None,
-        dotenv_path=str(repo / ".env"),
-        home=str(home),
-        has_claude_dir=(home / ".claude").is_dir(),
-        has_claude_json=(home / ".claude.json").is_file(),
-    )
-    return build_plan(
-        repo=str(repo),
-        feature=feature,
-        config=resolved,
-        auth=auth,
-        secrets=secrets,
-        uid=os.getuid(),
-        gid=os.getgid(),
-        worker_runtime_dir=str(Path(mahabharatha.worker.__file__).resolve().parent),
-        requested_workers=workers,
-        config_path=config_path,
     )
 
 
