@@ -1,7 +1,7 @@
 """mahabharatha: parallel coding-agent workers in Docker containers, one git worktree each.
 
 The Python API mirrors the CLI: :func:`plan` computes an immutable :class:`LaunchPlan` (pure, no Docker),
-:func:`execute` applies it to a Docker engine. Heavy modules are imported lazily so that planning stays
+:func:`execute` applies it to a Docker engine, :func:`orchestrate` drives a task graph's levels through it. Heavy modules are imported lazily so that planning stays
 fast and needs no Docker SDK import.
 """
 
@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 __all__ = [
     "plan",
     "execute",
+    "orchestrate",
+    "load_graph",
     "LaunchPlan",
     "WorkerSpec",
     "Secret",
@@ -26,6 +28,8 @@ __all__ = [
 _LAZY = {
     "plan": "mahabharatha.planning",
     "execute": "mahabharatha.edge.executor",
+    "orchestrate": "mahabharatha.edge.orchestrator",
+    "load_graph": "mahabharatha.core.graph",
     "LaunchPlan": "mahabharatha.core.model",
     "WorkerSpec": "mahabharatha.core.model",
     "Secret": "mahabharatha.core.secret",
@@ -37,7 +41,9 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from .core.model import LaunchPlan, WorkerSpec
     from .core.secret import Secret
+    from .core.graph import load_graph
     from .edge.executor import execute
+    from .edge.orchestrator import orchestrate
     from .errors import ConfigError, LaunchError, MahabharathaError
     from .planning import plan
 
