@@ -48,6 +48,7 @@ __all__ = [
     "WorkerExit",
     "create_kwargs",
     "make_client",
+    "preflight",
     "execute",
     "start_worker",
     "feature_containers",
@@ -160,7 +161,7 @@ def _docker_host() -> str:
 def _engine_error(exc: BaseException) -> LaunchError:
     return LaunchError(
         f"Failed to start container: cannot reach the Docker engine at {_docker_host()}; start Docker "
-        f"(or point DOCKER_HOST at a running engine) ({type(exc).__name__})"
+        f"or point DOCKER_HOST at a running engine ({type(exc).__name__})"
     )
 
 
@@ -283,6 +284,10 @@ def _stale_containers(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]
     return stale
 
 
+# One sentence, no nested parentheses (the CLI shows a hint in parentheses after the message).
+_BUILD_HINT = f"build it with `{BUILD_COMMAND}` or `mahabharatha build-image`"
+
+
 def _check_images(client: Any, specs: Sequence[WorkerSpec]) -> None:
     import docker.errors
 
@@ -292,7 +297,7 @@ def _check_images(client: Any, specs: Sequence[WorkerSpec]) -> None:
         except docker.errors.ImageNotFound:
             raise LaunchError(
                 f"Failed to start container: image {image} not found on the Docker engine",
-                hint=f"build it with `{BUILD_COMMAND}` (or `mahabharatha build-image`)",
+                hint=_BUILD_HINT,
             ) from None
 
 
@@ -442,7 +447,7 @@ class _Fleet:
         except docker.errors.ImageNotFound:
             raise LaunchError(
                 f"Failed to start container {spec.name}: image {spec.image} not found",
-                hint=f"build it with `{BUILD_COMMAND}`",
+                hint=_BUILD_HINT,
             ) from None
         except docker.errors.APIError as exc:
             raise LaunchError(
@@ -561,6 +566,19 @@ def _container_plan(plan: LaunchPlan) -> None:
         raise LaunchError(f"execute() runs container plans; this plan's mode is {plan.mode!r}")
     if not plan.workers:
         raise LaunchError("The plan has no workers to start")
+
+
+def preflight(plan: LaunchPlan, *, client: Any = None) -> Any:
+    """Check, without changing anything, that ``plan`` can start: the engine answers, every image is on it
+    (never pulled) and no planned name belongs to someone else. Returns the client (made from the
+    environment when ``client`` is None). The orchestrator calls this before it creates the base branch or
+    the run state, so a run that cannot start leaves nothing behind (and a second try is not a "resume")."""
+    _container_plan(plan)
+    client = client if client is not None else make_client(workers=len(plan.workers))
+    with _engine_errors():
+        _check_images(client, plan.workers)
+        _stale_containers(client, plan, plan.workers)
+    return client
 
 
 def execute(plan: LaunchPlan, *, client: Any = None, keep_failed: bool = False) -> Launch:

@@ -721,6 +721,12 @@ def orchestrate(
             hint="fix `feature` in the task graph or pass --feature",
         )
     if plan.mode == "container":
+        from .executor import preflight
+
+        # Engine, images and names first: a run that cannot start must not create the base branch or the
+        # state (else the next attempt "resumes" a run that never began).
+        client = preflight(plan, client=client)
+
         def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None]) -> Any:
             return ContainerLauncher(p, events, o, client=client, keep_failed=keep_failed)
     else:
