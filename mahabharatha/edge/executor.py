@@ -635,7 +635,7 @@ def worker_exit(client: Any, name: str) -> WorkerExit | None:
     import docker.errors
 
     try:
-        return _exit_from(client.api.inspect_container(name), name)
+        return _exit_from(client.api.inspect_container(name))  # the engine's name, also when given an id
     except docker.errors.NotFound:
         return None
 

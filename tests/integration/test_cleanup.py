@@ -37,6 +37,8 @@ def test_stop_then_cleanup(docker_client: Any, make_plan: Callable[..., LaunchPl
     assert main(["stop", "--repo", str(git_repo), "--timeout", "20"]) == 0
     out = capsys.readouterr().out
     assert "worker 0" in out and "exit 130: stopped by signal" in out
+    for spec in plan.workers:  # named as users know them (not by container id)
+        assert f"worker {spec.worker_id} ({spec.name}): exit 130: stopped by signal" in out, out
     assert all(r["State"] == "exited" for r in _containers(docker_client, git_repo))
 
     dirty = Path(plan.workers[1].worktree.path)
