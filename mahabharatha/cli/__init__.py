@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ..errors import MahabharathaError
+    from ..worker.state import StateError
 
     args = build_parser().parse_args(argv)
     module_name, func_name = _HANDLERS[args.command].split(":")
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MahabharathaError as exc:
         print(f"mahabharatha: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except StateError as exc:  # the shared state module is stdlib-only (it runs in containers): same treatment
+        print(f"mahabharatha: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mahabharatha: interrupted", file=sys.stderr)
         return 130

@@ -733,4 +733,7 @@ def orchestrate(
         if shutil.which("git") is None:
             raise OrchestrationError("subprocess mode needs git on the host")
         factory = SubprocessLauncher
-    return _Run(plan, graph, out, factory).run()
+    try:
+        return _Run(plan, graph, out, factory).run()
+    except S.StateError as exc:  # a hand-edited or foreign state.json: one line, not a traceback
+        raise OrchestrationError(str(exc)) from None

@@ -44,6 +44,7 @@ __all__ = [
     "RUNNING",
     "FINAL",
     "StateStore",
+    "StateError",
     "new_state",
     "claim_next",
     "finish_task",
@@ -56,6 +57,40 @@ VERSION = 1
 PENDING, CLAIMED, DONE, FAILED, BLOCKED = "pending", "claimed", "done", "failed", "blocked"
 RUNNING = "running"
 FINAL = frozenset({"done", "blocked", "failed", "stopped"})  # run statuses after which workers exit
+
+
+_TASK_STATUSES = frozenset({PENDING, CLAIMED, DONE, FAILED, BLOCKED})
+
+
+class StateError(ValueError):
+    """``state.json`` exists but is not a run state document (truncated, edited, not JSON). One line naming
+    the file and the fix; the host turns it into a user-facing error (this module cannot import those)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path}: corrupt run state ({problem}); move it away to start the feature's run afresh "
+            "(committed work stays on its mahabharatha/<feature>/* branches)"
+        )
+
+
+def _check(path: str, data: Any) -> dict[str, Any]:
+    """``data`` when it has the shape every reader relies on, else :class:`StateError` naming the field."""
+    if not isinstance(data, dict):
+        raise StateError(path, f"expected a JSON object, found {type(data).__name__}")
+    for key, kind in (("status", str), ("level", int), ("levels", list), ("tasks", dict)):
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise StateError(path, f"field {key!r} is missing or not a {kind.__name__}")
+    for tid, task in data["tasks"].items():
+        if not isinstance(task, dict):
+            raise StateError(path, f"task {tid!r} is not an object")
+        if not isinstance(task.get("level"), int) or isinstance(task.get("level"), bool):
+            raise StateError(path, f"task {tid!r}: field 'level' is missing or not a whole number")
+        if task.get("status") not in _TASK_STATUSES:
+            raise StateError(path, f"task {tid!r}: field 'status' is {task.get('status')!r}")
+        for key, default in (("worker", None), ("attempts", 0), ("commit", ""), ("error", "")):
+            task.setdefault(key, default)
+    return data
 
 
 class StateStore:
@@ -73,12 +108,27 @@ class StateStore:
         return os.path.exists(self.path)
 
     def read(self) -> dict[str, Any] | None:
-        """The current document without locking (atomic replace makes it consistent), or None."""
+        """The current document without locking (atomic replace makes it consistent), or None.
+
+        Raises :class:`StateError` when the file is not a run state (only a hand edit or a foreign write can
+        do that: writes are atomic).
+        """
         try:
             with open(self.path, encoding="utf-8") as fh:
-                return json.load(fh)
+                text = fh.read()
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            raise StateError(self.path, "it is a directory") from None
+        except UnicodeDecodeError:
+            raise StateError(self.path, "not UTF-8 text") from None
+        except OSError as exc:
+            raise StateError(self.path, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise StateError(self.path, f"not valid JSON: {exc}") from None
+        return _check(self.path, data)
 
     def _write(self, data: dict[str, Any]) -> None:
         data["updated"] = time.time()
