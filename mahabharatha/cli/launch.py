@@ -29,7 +29,8 @@ def _say(text: str) -> None:
 
 
 def read_graph(repo: str, feature: str) -> TaskGraph:
-    """Load and validate ``.gsd/specs/<feature>/task-graph.json`` (GraphError when missing or invalid)."""
+    """Load and validate ``.gsd/specs/<feature>/task-graph.json`` (GraphError when missing, unreadable, invalid
+    or written for another feature)."""
     from ..core.graph import graph_path, load_graph
 
     path = graph_path(repo, feature)
@@ -38,9 +39,19 @@ def read_graph(repo: str, feature: str) -> TaskGraph:
     except FileNotFoundError:
         raise GraphError(
             f"{path}: no task graph for feature {feature!r}",
-            hint="run the design phase first (it writes the task graph), or pass --feature",
+            hint="run the design phase first, it writes the task graph; or pass --feature",
         ) from None
-    return load_graph(path, text)
+    except IsADirectoryError:
+        raise GraphError(f"{path}: is a directory, expected the task graph file", hint="move it away and write the graph there") from None
+    except OSError as exc:
+        raise GraphError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})", hint="fix its permissions") from None
+    graph = load_graph(path, text)
+    if graph.feature != feature:
+        raise GraphError(
+            f"{path}: field `feature` is {graph.feature!r}, but this run is for feature {feature!r}",
+            hint=f"set `feature` to {feature!r} in the task graph, or pass --feature {graph.feature}",
+        )
+    return graph
 
 
 def format_summary(result: RunResult, *, repo: str) -> str:

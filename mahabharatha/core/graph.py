@@ -4,7 +4,8 @@ The design phase writes the graph; container mode reads it before anything start
 decodes the text and checks, in this order, each with one :class:`~mahabharatha.errors.GraphError` line
 naming the graph file, the task ids and the fix:
 
-1. the JSON and its types (the path of the bad field, e.g. ``$.tasks[2].level``), duplicate task ids;
+1. the JSON and its types (the path of the bad field, e.g. ``$.tasks[2].level``), no tasks at all, duplicate
+   task ids;
 2. a dependency on a task that does not exist;
 3. a dependency cycle (the cycle is spelled out);
 4. a dependency on a task of the same or a later level (levels run in order, all tasks of a level at once);
@@ -103,6 +104,8 @@ def load_graph(path: str, text: str | bytes) -> TaskGraph:
 
 def validate(path: str, graph: TaskGraph) -> None:
     """The cross-task rules (see the module docstring). Raises :class:`GraphError` on the first broken rule."""
+    if not graph.tasks:
+        raise _fail(path, "the task graph has no tasks (`tasks` is empty)", "add the feature's tasks, or run the design phase again")
     by_id: dict[str, Task] = {}
     for t in graph.tasks:
         if t.id in by_id:

@@ -84,3 +84,39 @@ def test_state_file_that_is_a_directory(repo: Path, capsys: pytest.CaptureFixtur
     path.mkdir()
     assert main(["status", "--repo", str(repo)]) == 1
     _one_line_error(capsys, str(path), "is a directory")
+
+
+def _graph(repo: Path) -> Path:
+    return repo / ".gsd" / "specs" / "feat" / "task-graph.json"
+
+
+@pytest.mark.parametrize(
+    "content, needles",
+    [
+        (None, ("no task graph for feature 'feat'", "design phase")),
+        ("", ("not valid JSON",)),
+        ("nope", ("not valid JSON",)),
+        ("[]", ("invalid task graph", "object")),
+        ('{"feature": "feat", "tasks": "x"}', ("$.tasks",)),
+        ('{"feature": "feat", "tasks": []}', ("no tasks",)),
+        ('{"feature": "other", "tasks": [{"id": "A", "level": 1}]}', ("field `feature` is 'other'", "--feature other")),
+    ],
+)
+@pytest.mark.parametrize("mode", ["subprocess", "container"])
+def test_bad_task_graph_fails_before_anything_starts(
+    repo: Path, capsys: pytest.CaptureFixture[str], content: str | None, needles: tuple[str, ...], mode: str
+) -> None:
+    if content is not None:
+        _graph(repo).write_text(content)
+    assert main(["kurukshetra", "--mode", mode, "--repo", str(repo)]) == 2
+    _one_line_error(capsys, str(_graph(repo)), *needles)
+    assert not (repo / ".mahabharatha" / "state").exists()  # nothing started, nothing recorded
+    assert "mahabharatha/feat/base" not in subprocess.run(
+        ["git", "-C", str(repo), "branch"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_task_graph_that_is_a_directory(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _graph(repo).mkdir()
+    assert main(["kurukshetra", "--mode", "subprocess", "--repo", str(repo)]) == 2
+    _one_line_error(capsys, str(_graph(repo)), "is a directory")
