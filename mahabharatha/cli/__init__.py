@@ -39,6 +39,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _repo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=".", help="repository root (default: current directory)")
 
@@ -74,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _repo_args(p)
     p.add_argument("worker", nargs="?", help="worker id (default: all workers)")
     p.add_argument("--feature")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output while a run is in progress")
+    p.add_argument("--tail", type=_non_negative_int, default=None, help="only the last N lines")
 
     p = sub.add_parser("retry", help="put failed tasks (or one TASK) back to pending")
     _repo_args(p)

@@ -7,7 +7,9 @@ also asks the Docker engine (when reachable) for each worker container's state a
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import shutil
 import sys
 import time
@@ -132,8 +134,27 @@ def _log_files(repo: str, worker: str | None) -> list[Path]:
     return files
 
 
+def run_in_progress(repo: str, feature: str) -> bool:
+    """True while a ``kurukshetra`` holds the feature's orchestrator lock. Only that process (container mode:
+    its log copiers; subprocess mode: its workers) writes the host log files, so following stops with it."""
+    path = os.path.join(_store(repo, feature).dir, "orchestrator.lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases our shared lock
+    return False
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
-    repo, _feature = _repo_feature(args)
+    repo, feature = _repo_feature(args)
     files = _log_files(repo, getattr(args, "worker", None))
     prefix = len(files) > 1
     tail = getattr(args, "tail", None)
@@ -152,17 +173,23 @@ def cmd_logs(args: argparse.Namespace) -> int:
             fh.close()
         return 0
     try:
-        while True:  # follow like `tail -f`: a CLI convenience, not part of any run
+        while True:  # follow like `tail -f` while the run lasts: a CLI convenience, not part of any run
+            active = run_in_progress(repo, feature)  # asked before reading, so the last lines are never missed
             got = False
             for tag, fh in handles:
                 for line in fh.readlines():
                     got = True
                     sys.stdout.write(tag + line)
             sys.stdout.flush()
+            if not active:
+                return 0  # the run is over (or none is running): nothing will write these files any more
             if not got:
                 time.sleep(0.25)
     except KeyboardInterrupt:
         return 0
+    finally:
+        for _, fh in handles:
+            fh.close()
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -120,3 +120,70 @@ def test_task_graph_that_is_a_directory(repo: Path, capsys: pytest.CaptureFixtur
     _graph(repo).mkdir()
     assert main(["kurukshetra", "--mode", "subprocess", "--repo", str(repo)]) == 2
     _one_line_error(capsys, str(_graph(repo)), "is a directory")
+
+
+def _log(repo: Path, worker: int, text: str) -> Path:
+    logs = repo / ".mahabharatha" / "logs" / "workers"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"worker-{worker}.stdout.log"
+    with open(path, "a") as fh:
+        fh.write(text)
+    return path
+
+
+def test_logs_follow_returns_when_no_run_is_in_progress(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _log(repo, 0, "one\ntwo\n")
+    assert main(["logs", "0", "-f", "--repo", str(repo)]) == 0  # a finished run: prints and returns
+    assert capsys.readouterr().out == "one\ntwo\n"
+
+
+def test_logs_follow_follows_while_the_orchestrator_lock_is_held(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+    import os
+    import threading
+
+    from mahabharatha.cli import ops
+
+    path = _log(repo, 0, "one\n")
+    lock_dir = repo / ".mahabharatha" / "state" / "feat"
+    lock_dir.mkdir(parents=True)
+    fd = os.open(lock_dir / "orchestrator.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a running kurukshetra holds
+    asked = threading.Event()
+    answers: list[bool] = []
+    real = ops.run_in_progress
+
+    def spy(*a: str) -> bool:
+        answers.append(real(*a))
+        asked.set()
+        return answers[-1]
+
+    monkeypatch.setattr(ops, "run_in_progress", spy)
+
+    def run_ends() -> None:
+        asked.wait(30)
+        _log(repo, 0, "two\n")  # the run's last words: must not be lost
+        os.close(fd)  # the run ends, its lock goes
+
+    threading.Thread(target=run_ends, daemon=True).start()
+    assert main(["logs", "0", "-f", "--repo", str(repo)]) == 0
+    assert capsys.readouterr().out == "one\ntwo\n"
+    assert answers[0] is True and answers[-1] is False  # it followed while the run lasted, then returned
+    assert path.read_text() == "one\ntwo\n"
+
+
+@pytest.mark.parametrize("tail", ["-1", "x"])
+def test_logs_negative_or_bad_tail_is_a_usage_error(repo: Path, capsys: pytest.CaptureFixture[str], tail: str) -> None:
+    _log(repo, 0, "one\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["logs", "--tail", tail, "--repo", str(repo)])
+    assert exc.value.code == 2
+    assert "--tail" in capsys.readouterr().err
+
+
+def test_logs_tail_zero_prints_nothing(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _log(repo, 0, "one\n")
+    assert main(["logs", "--tail", "0", "--repo", str(repo)]) == 0
+    assert capsys.readouterr().out == ""
