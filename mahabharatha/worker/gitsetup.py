@@ -24,13 +24,21 @@ class GitSetupError(Exception):
 def git(workspace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "LC_ALL": "C"})
-    proc = subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", *args],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    try:
+        proc = subprocess.run(
+            ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", *args],
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    except FileNotFoundError:
+        if not os.path.isdir(workspace):
+            raise GitSetupError(f"the workspace {workspace} does not exist") from None
+        raise GitSetupError(
+            "git is not installed in the worker image (not on PATH); every worker image needs python3 and git: "
+            "install git in it, or rebuild it from .devcontainer/Dockerfile (`mahabharatha build-image`)"
+        ) from None
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise GitSetupError(f"git {' '.join(args)} failed: {detail[-1] if detail else proc.returncode}")

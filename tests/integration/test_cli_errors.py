@@ -1,0 +1,87 @@
+"""Hostile states against the real engine and real git: the CLI says what is wrong in one line, exits non-zero,
+and leaves no container behind and no work lost."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mahabharatha.core.model import LABEL_REPO
+
+pytestmark = pytest.mark.docker
+
+GRAPH = {
+    "feature": "feat",
+    "tasks": [
+        {"id": "A", "level": 1, "files": {"create": ["a.txt"]}},
+        {"id": "B", "level": 2, "dependencies": ["A"], "files": {"create": ["b.txt"]}},
+    ],
+}
+
+
+def _setup(repo: Path, *, image: str, prefix: str, graph: dict[str, Any] = GRAPH) -> None:
+    spec = repo / ".gsd" / "specs" / "feat"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "task-graph.json").write_text(json.dumps(graph))
+    (repo / ".gsd" / ".current-feature").write_text("feat\n")
+    (repo / ".mahabharatha").mkdir(exist_ok=True)
+    (repo / ".mahabharatha" / "config.yaml").write_text(
+        "workers:\n  max_concurrent: 1\n  launcher_type: container\n"
+        f"  container_prefix: {prefix}\n  agent_command: python3 -m mahabharatha_worker.scripted_agent\n"
+        f"resources:\n  container_image: {image}\n  container_memory_limit: 256m\n  container_cpu_limit: 0.5\n"
+    )
+
+
+def _containers(client: Any, repo: Path) -> list[dict[str, Any]]:
+    return client.api.containers(all=True, filters={"label": f"{LABEL_REPO}={repo}"})
+
+
+def _derived_image(client: Any, base: str, tag: str, run: str) -> str:
+    """``base`` with one RUN step (as root), built through docker-py; cached by tag."""
+    from mahabharatha.edge.images import image_exists
+
+    if not image_exists(client, tag):
+        dockerfile = f"FROM {base}\nUSER root\nRUN {run}\nUSER worker\n".encode()
+        import tarfile
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile))
+        buf.seek(0)
+        for chunk in client.api.build(fileobj=buf, custom_context=True, tag=tag, rm=True, decode=True):
+            assert "error" not in chunk, chunk
+    return tag
+
+
+@pytest.mark.parametrize(
+    "tag, run, needles",
+    [
+        ("mahabharatha-worker:test-nogit", "rm -f /usr/bin/git && rm -rf /usr/lib/git-core", ("git is not installed in the worker image",)),
+        ("mahabharatha-worker:test-nopython", "rm -f /usr/bin/python3*", ("code 127", "no python3 on PATH")),
+    ],
+)
+def test_worker_image_without_git_or_python_says_what_is_missing(
+    git_repo: Path, temp_home: Path, container_prefix: str, worker_image: str, docker_client: Any,
+    capsys: Any, tag: str, run: str, needles: tuple[str, ...],
+) -> None:
+    from mahabharatha.cli import main
+
+    image = _derived_image(docker_client, worker_image, tag, run)
+    _setup(git_repo, image=image, prefix=container_prefix)
+    assert main(["kurukshetra", "--repo", str(git_repo)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "Worker process failed to start" in err
+    for needle in needles:
+        assert needle in err, err
+    assert _containers(docker_client, git_repo) == []
+    # Nothing ran, so nothing may be lost: the state says so and a later run resumes.
+    status = subprocess.run(["mahabharatha", "status", "--repo", str(git_repo)], capture_output=True, text=True)
+    assert "A: pending" in status.stdout, status
