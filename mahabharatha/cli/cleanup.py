@@ -34,20 +34,49 @@ def _feature(repo: str, given: str | None) -> str:
     raise ConfigError(f"No feature given and {current} does not exist", hint="pass --feature NAME")
 
 
+def _request_stop(repo: str, feature: str) -> bool:
+    """Mark a running run "stopped" in its state: the orchestrator (woken by the state write) stops its
+    workers, and idle workers exit 130 on their own. True when there was a running run to stop."""
+    from ..worker import state as S
+
+    store = S.StateStore(f"{repo}/.mahabharatha/state", feature)
+    if not store.exists():
+        return False
+    with store.transaction() as data:
+        if data.get("status") != S.RUNNING:
+            return False
+        data.update(status="stopped", message="stopped by `mahabharatha stop`; run again to resume")
+    return True
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
-    """Stop the feature's workers gracefully (SIGTERM; they exit 130), killing them after --timeout."""
-    from ..edge import executor
+    """Stop the feature's workers gracefully (SIGTERM; they exit 130), killing them after --timeout.
+
+    Works for both launchers: containers are found by their labels, subprocess-mode workers by the pids
+    the orchestrator recorded in the run state. The run is marked stopped first, so a running orchestrator
+    stops its own workers too and ends with exit 130; `mahabharatha kurukshetra` resumes it.
+    """
+    from ..edge import executor, processes
+    from ..worker import state as S
 
     repo = _repo_root(args.repo)
     feature = _feature(repo, args.feature)
-    client = executor.make_client()
-    exits = executor.stop_workers(client, repo, feature, timeout=args.timeout)
-    if not exits:
-        print(f"No running workers for feature {feature} in {repo}")
-        return 0
+    requested = _request_stop(repo, feature)
+    stopped = processes.stop_recorded(S.StateStore(f"{repo}/.mahabharatha/state", feature), timeout=args.timeout)
+    engine_error: LaunchError | None = None
+    try:
+        exits = executor.stop_workers(executor.make_client(), repo, feature, timeout=args.timeout)
+    except LaunchError as exc:  # no engine: subprocess-mode workers are stopped all the same
+        engine_error, exits = exc, []
+    for wid, pid, how in stopped:
+        print(f"worker {wid} (pid {pid}): {how}")
     for e in exits:
         oom = ", OOMKilled" if e.oom_killed else ""
         print(f"worker {e.worker_id} ({e.name}): exit {e.exit_code}: {e.meaning}{oom}")
+    if not stopped and not exits:
+        if engine_error is not None and not requested:
+            raise engine_error
+        print(f"No running workers for feature {feature} in {repo}" + ("; the run is marked stopped" if requested else ""))
     return 0
 
 

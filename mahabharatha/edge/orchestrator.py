@@ -41,6 +41,7 @@ from ..core.model import LABEL_FEATURE, LABEL_REPO, LABEL_WORKER, LaunchPlan, Wo
 from ..errors import OrchestrationError
 from ..worker import protocol as P
 from ..worker import state as S
+from . import processes as _processes
 from . import worktrees as _worktrees
 from .git import git, git_ok
 
@@ -230,6 +231,7 @@ class SubprocessLauncher:
         self.events = events
         self.out = out
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.store = S.StateStore(plan.state_dir, plan.feature)
 
     def _start(self, spec: WorkerSpec) -> None:
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -245,6 +247,8 @@ class SubprocessLauncher:
         )
         log.close()
         self.procs[spec.worker_id] = proc
+        # So `mahabharatha stop` can find it from another process, also when this orchestrator is gone.
+        _processes.record(self.store, spec.worker_id, proc.pid)
 
         def wait() -> None:
             code = proc.wait()
@@ -675,7 +679,9 @@ class _Run:
             if data.get("status") in S.FINAL:
                 if not self.stopping:
                     self.stopping = True
-                    if data.get("status") == "stopped":
+                    if data.get("status") == "stopped":  # e.g. `mahabharatha stop` asked through the state
+                        if not self.stopped_by_user:
+                            self._log(f"run stopped ({data.get('message') or 'stop requested'}): stopping the workers")
                         self.launcher.stop_all()
                 if not self.alive:
                     return

@@ -267,3 +267,93 @@ def test_a_merge_conflict_fails_the_run_naming_the_file(repo: Path) -> None:
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main" and git(repo, "status", "--porcelain", "--untracked-files=no") == ""
     state = json.loads((repo / ".mahabharatha/state/feat/state.json").read_text())
     assert state["tasks"]["C"]["status"] == "pending"  # never started on a half-merged base
+
+
+# -------------------------------------------------------------------------------------------------------------
+# `mahabharatha stop` in subprocess mode
+
+
+def _setup(repo: Path, tasks: list[dict[str, Any]], workers: int) -> tuple[Any, Any]:
+    spec = repo / ".gsd" / "specs" / "feat"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "task-graph.json").write_text(json.dumps({"feature": "feat", "tasks": tasks}))
+    (repo / ".mahabharatha").mkdir(exist_ok=True)
+    (repo / ".mahabharatha" / "config.yaml").write_text(
+        f"workers:\n  launcher_type: subprocess\n  max_concurrent: {workers}\n  agent_command: {AGENT}\n"
+    )
+    home = repo.parent / "home"
+    home.mkdir(exist_ok=True)
+    p = plan(str(repo), feature="feat", workers=workers, environ={}, home=home)
+    return p, load_graph(str(spec / "task-graph.json"), (spec / "task-graph.json").read_text())
+
+
+def _wait_for(store: S.StateStore, task_id: str, status: str, alive: Any = lambda: True) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while ((store.read() or {}).get("tasks", {}).get(task_id) or {}).get("status") != status:
+        assert time.monotonic() < deadline and alive(), f"{task_id} never {status}"
+        time.sleep(0.05)
+
+
+STOP_GRAPH = [
+    task("quick", 1, create=("q.txt",)),
+    task("slow", 1, create=("s.txt",), sleep={"1": 120}),
+    task("after", 2, ("quick", "slow"), create=("a.txt",)),
+]
+
+
+def test_stop_ends_a_subprocess_run_with_130_and_it_resumes(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from mahabharatha.cli import main
+
+    p, g = _setup(repo, STOP_GRAPH, workers=2)
+    box: dict[str, Any] = {}
+    lines: list[str] = []
+    runner = threading.Thread(target=lambda: box.update(result=orchestrate(p, g, out=lines.append)))
+    runner.start()
+    store = S.StateStore(p.state_dir, "feat")
+    _wait_for(store, "quick", S.DONE, runner.is_alive)
+    _wait_for(store, "slow", S.CLAIMED, runner.is_alive)
+    assert main(["stop", "--repo", str(repo), "--feature", "feat", "--timeout", "20"]) == 0
+    out = capsys.readouterr().out
+    runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert (box["result"].status, box["result"].exit_code) == ("stopped", 130), lines
+    assert "stopped by `mahabharatha stop`" in box["result"].message
+    busy = store.read()["processes"][str(store.read()["tasks"]["quick"]["worker"] ^ 1)]["pid"]
+    assert f"(pid {busy}): stopped" in out, out
+    assert sum("exited 130 (stopped by signal)" in line for line in lines) == 2, lines  # both workers
+    assert store.read()["tasks"]["slow"]["status"] == S.PENDING  # put back, not lost
+    again = orchestrate(p, g, out=lines.append)
+    assert (again.status, again.exit_code) == ("done", 0), lines
+    assert store.read()["tasks"]["quick"]["attempts"] == 1 and store.read()["tasks"]["slow"]["attempts"] == 2
+    assert {"q.txt", "s.txt", "a.txt"} <= files_on(repo, "mahabharatha/feat/base")
+
+
+def test_stop_reaches_workers_whose_orchestrator_is_gone(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import queue
+
+    from mahabharatha.cli import main
+    from mahabharatha.edge.orchestrator import SubprocessLauncher, init_state
+
+    p, g = _setup(repo, STOP_GRAPH[1:2], workers=1)
+    store = S.StateStore(p.state_dir, "feat")
+    init_state(store, g)
+    launcher = SubprocessLauncher(p, queue.Queue(), print)  # workers without any orchestrator loop
+    launcher.start_all()
+    try:
+        _wait_for(store, "slow", S.CLAIMED)
+        pid = launcher.procs[0].pid
+        assert store.read()["processes"]["0"]["pid"] == pid
+        assert main(["stop", "--repo", str(repo), "--feature", "feat", "--timeout", "20"]) == 0
+        assert launcher.procs[0].wait(timeout=30) == 130
+    finally:
+        launcher.stop_all(timeout=5)
+    assert f"worker 0 (pid {pid}): stopped" in capsys.readouterr().out
+    data = store.read()
+    assert data["status"] == "stopped" and data["tasks"]["slow"]["status"] == S.PENDING
+    # A second stop finds nothing to signal (the recorded pid is gone) and says so.
+    assert main(["stop", "--repo", str(repo), "--feature", "feat"]) == 0
+    assert "No running workers for feature feat" in capsys.readouterr().out
