@@ -48,6 +48,7 @@ __all__ = [
     "WorkerExit",
     "create_kwargs",
     "make_client",
+    "redactor",
     "preflight",
     "execute",
     "start_worker",
@@ -135,7 +136,7 @@ def create_kwargs(spec: WorkerSpec, *, reveal_secrets: bool) -> dict[str, Any]:
     return kwargs
 
 
-def _redactor(specs: Iterable[WorkerSpec]) -> Callable[[str], str]:
+def redactor(specs: Iterable[WorkerSpec]) -> Callable[[str], str]:
     """A function that replaces every secret value of ``specs`` in a text by its redacted form."""
     pairs = sorted(
         {(s.value.reveal(), s.value.redacted) for spec in specs for s in spec.secret_environment if s.value.reveal()},
@@ -423,7 +424,7 @@ class _Fleet:
         self.plan = plan
         self.specs = specs
         self.cond = threading.Condition()
-        self.redact = _redactor(specs)
+        self.redact = redactor(specs)
         self.created: list[str] = []
         self.aborted = False
         self.events: _Events | None = None

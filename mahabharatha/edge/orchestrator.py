@@ -223,6 +223,14 @@ def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, 
     return env
 
 
+def _copy_log(stream: Any, path: str, redact: Callable[[str], str]) -> None:
+    """Append a worker's output to its host log line by line, secrets redacted (like container logs)."""
+    with stream, open(path, "ab") as out:
+        for raw in iter(stream.readline, b""):
+            out.write(redact(raw.decode("utf-8", "replace")).encode("utf-8"))
+            out.flush()
+
+
 class SubprocessLauncher:
     """Workers as host processes (``workers.launcher_type: subprocess``): same runtime, host paths."""
 
@@ -232,26 +240,35 @@ class SubprocessLauncher:
         self.out = out
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.store = S.StateStore(plan.state_dir, plan.feature)
+        from .executor import redactor  # the very redaction container logs get
+
+        self.redact = redactor(plan.workers)
 
     def _start(self, spec: WorkerSpec) -> None:
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
-        log = open(spec.log_path, "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", P.RUNTIME_PACKAGE],
             cwd=spec.worktree.path,
             env=worker_env_for_host(self.plan, spec),
-            stdout=log,
+            stdout=subprocess.PIPE,  # through _copy_log: secrets are redacted before the log file sees them
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        log.close()
+        assert proc.stdout is not None
+        copier = threading.Thread(
+            target=_copy_log, args=(proc.stdout, spec.log_path, self.redact), daemon=True, name=f"mahabharatha-log-{spec.worker_id}"
+        )
+        copier.start()
         self.procs[spec.worker_id] = proc
         # So `mahabharatha stop` can find it from another process, also when this orchestrator is gone.
         _processes.record(self.store, spec.worker_id, proc.pid)
 
         def wait() -> None:
             code = proc.wait()
+            # Its output is in the log before its exit is reported (bounded: a leftover grandchild of the
+            # agent may still hold the pipe open).
+            copier.join(timeout=5)
             if code < 0:  # killed by a signal: report like a container would (128 + signal)
                 code = 128 - code
             self.events.put(("exit", spec.worker_id, code, False, proc.pid))

@@ -357,3 +357,25 @@ def test_stop_reaches_workers_whose_orchestrator_is_gone(repo: Path, capsys: pyt
     # A second stop finds nothing to signal (the recorded pid is gone) and says so.
     assert main(["stop", "--repo", str(repo), "--feature", "feat"]) == 0
     assert "No running workers for feature feat" in capsys.readouterr().out
+
+
+def test_secrets_in_worker_output_are_redacted_in_the_host_log(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "sk-ant-api03-" + "Zq9Lm4" * 8  # fake; only its presence matters
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)  # the worker inherits the host environment
+    spec = repo / ".gsd" / "specs" / "feat"
+    spec.mkdir(parents=True)
+    (spec / "task-graph.json").write_text(json.dumps({"feature": "feat", "tasks": [task("T", 1, create=("t.txt",))]}))
+    (repo / ".mahabharatha").mkdir()
+    (repo / ".mahabharatha" / "config.yaml").write_text(
+        "workers:\n  launcher_type: subprocess\n  agent_command: 'echo \"agent sees $ANTHROPIC_API_KEY\"; echo t > t.txt'\n"
+    )
+    home = repo.parent / "home"
+    home.mkdir()
+    p = plan(str(repo), feature="feat", workers=1, environ={"ANTHROPIC_API_KEY": key}, home=home)
+    g = load_graph(str(spec / "task-graph.json"), (spec / "task-graph.json").read_text())
+    lines: list[str] = []
+    result = orchestrate(p, g, out=lines.append)
+    assert result.status == "done", lines
+    log = Path(p.workers[0].log_path).read_text()
+    assert "agent sees sk-ant-" in log and "(redacted)" in log, log  # the line is there, the value is not
+    assert key not in log and key[20:40] not in log
