@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature", help="feature name (default: contents of .gsd/.current-feature)")
     p.add_argument("--dry-run", action="store_true", help="print the launch plan and touch nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
-    p.add_argument("--keep-failed", action="store_true", help="on a failed launch, keep containers for debugging")
+    p.add_argument("--keep-failed", action="store_true", help="on a failed, stopped or interrupted launch or run, keep the containers for debugging")
 
     p = sub.add_parser("demo", help="run the built-in sample feature in containers (offline, no API key)")
     p.add_argument("--workers", type=_positive_int, default=3)

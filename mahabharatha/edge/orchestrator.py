@@ -394,9 +394,11 @@ class ContainerLauncher:
         self.executor.stop_workers(self.client, self.plan.repo, self.plan.feature, timeout=timeout)
 
     def close(self, *, success: bool) -> None:
+        """End of the run: the containers go (their output is in the host logs, their exits were reported;
+        a resumed run starts new ones), unless the user asked to keep them after a failure (--keep-failed)."""
         with contextlib.suppress(Exception):
             self._stream.close()
-        if success:
+        if success or not self.keep_failed:
             with contextlib.suppress(Exception):
                 self.executor.remove_containers(self.client, self.plan.repo, self.plan.feature)
 

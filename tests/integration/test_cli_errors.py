@@ -85,3 +85,39 @@ def test_worker_image_without_git_or_python_says_what_is_missing(
     # Nothing ran, so nothing may be lost: the state says so and a later run resumes.
     status = subprocess.run(["mahabharatha", "status", "--repo", str(git_repo)], capture_output=True, text=True)
     assert "A: pending" in status.stdout, status
+
+
+@pytest.mark.parametrize("when", ["starting", "ready"])
+def test_ctrl_c_during_launch_or_run_leaves_no_containers_and_a_resumable_state(
+    git_repo: Path, temp_home: Path, container_prefix: str, worker_image: str, docker_client: Any, when: str
+) -> None:
+    import os
+    import signal
+    import sys
+
+    graph = json.loads(json.dumps(GRAPH))
+    if when == "ready":  # the first attempt is still working when Ctrl-C comes; a resumed one does not sleep
+        graph["tasks"][0]["scripted"] = {"sleep": {"1": 60}}
+    _setup(git_repo, image=worker_image, prefix=container_prefix, graph=graph)
+    cmd = [sys.executable, "-m", "mahabharatha", "kurukshetra", "--repo", str(git_repo)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if ("1 worker(s) ready" if when == "ready" else "starting 1 worker(s)") in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out, out
+    assert _containers(docker_client, git_repo) == [], out
+    status = subprocess.run([sys.executable, "-m", "mahabharatha", "status", "--repo", str(git_repo)], capture_output=True, text=True)
+    assert "stopped" in status.stdout.splitlines()[0], status.stdout
+    # Resume: the second attempt of A does not sleep; the run finishes and merges both tasks.
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = subprocess.run(["git", "-C", str(git_repo), "ls-tree", "--name-only", "mahabharatha/feat/base"], capture_output=True, text=True).stdout.split()
+    assert {"a.txt", "b.txt"} <= set(files)
+    assert _containers(docker_client, git_repo) == []
