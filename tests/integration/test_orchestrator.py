@@ -205,3 +205,23 @@ def test_a_broken_event_stream_does_not_hang_the_run(git_repo: Path, make_plan: 
     result, lines = run(make_plan, docker_client, graph, 1)
     assert (result.status, result.exit_code) == ("done", 0), lines
     assert any("context limit reached (exit 2); restarting" in line for line in lines), lines
+
+
+def test_a_container_over_its_time_is_stopped_and_its_task_fails(git_repo: Path, make_plan: Any, docker_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mahabharatha.edge.orchestrator as orchestrator
+
+    monkeypatch.setattr(orchestrator, "_SECONDS_PER_MINUTE", 2.0)  # timeout_minutes: 1 -> two seconds
+    graph = write_graph(git_repo, [task("slow", 1, create=("s.txt",), sleep={"1": 120}), task("next", 2, ("slow",), create=("n.txt",))])
+    plan = make_plan(1, config=f"workers:\n  agent_command: {AGENT}\n  timeout_minutes: 1\n")
+    lines: list[str] = []
+    started = time.monotonic()
+    result = orchestrate(plan, graph, out=lines.append, client=docker_client)
+    assert (result.status, result.exit_code) == ("blocked", 3), lines
+    assert time.monotonic() - started < 60, lines  # the 120 s task did not run to its end
+    st = state_of(git_repo)["tasks"]
+    assert st["slow"]["status"] == "failed"
+    assert st["slow"]["error"] == "worker timed out after 1 min (workers.timeout_minutes)"
+    assert st["next"]["status"] == "blocked"
+    assert any("over workers.timeout_minutes=1; stopping it" in line for line in lines), lines
+    assert any("exited 130" in line and "after its timeout" in line for line in lines), lines  # the container was stopped
+    assert "s.txt" not in git(git_repo, "ls-tree", "-r", "--name-only", BASE)
