@@ -101,7 +101,7 @@ class Worktree(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str  # <repo>/../.mahabharatha-worktrees/<feature>/worker-N
     branch: str  # mahabharatha/<feature>/worker-N
     base: str  # branch or commit the worker branch starts from (mahabharatha/<feature>/base)
-    admin_dir: str  # <repo>/.git/worktrees/worker-N : git's metadata dir for this worktree
+    admin_dir: str  # <repo>/.git/worktrees/<feature>-worker-N : git's metadata dir for this worktree
 
 
 class AuthSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -212,7 +212,9 @@ def build_plan(
     for n in range(count):
         wt_path = f"{wt_root}/worker-{n}"
         branch = f"mahabharatha/{feature}/worker-{n}"
-        admin = f"{git_dir}/worktrees/worker-{n}"
+        # Named per feature: git's metadata dirs are one flat namespace per repository, so two features'
+        # worker-N worktrees must not both claim .git/worktrees/worker-N.
+        admin = f"{git_dir}/worktrees/{feature}-worker-{n}"
         overlay = f"{repo}/.mahabharatha/runtime/{feature}/worker-{n}"
         who = f"mahabharatha worker {n}"
         email = f"worker-{n}@mahabharatha.invalid"

@@ -9,6 +9,7 @@ uncommitted changes unless forced. The mount points Docker creates inside a work
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -90,6 +91,15 @@ def _admin_dir(path: str) -> str:
     return git(path, "rev-parse", "--absolute-git-dir")
 
 
+def _admin_owner(admin_dir: str) -> str:
+    """Who uses a worktree metadata dir: the worktree path recorded in its ``gitdir`` file, when readable."""
+    try:
+        dotgit = Path(admin_dir, "gitdir").read_text().strip()
+    except OSError:
+        return "another worktree"
+    return f"worktree {os.path.dirname(dotgit) if dotgit.endswith('/.git') else dotgit}"
+
+
 def _branches(repo: str | os.PathLike[str]) -> set[str]:
     return set(git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/").splitlines())
 
@@ -110,12 +120,31 @@ def _ensure_one(
                 "and is not a git worktree of this repository",
                 hint="move it away or remove it, then launch again",
             )
+        if os.path.lexists(wt.admin_dir):
+            raise WorktreeError(
+                f"Cannot create worktree {path} for worker {wt.worker_id}: its git metadata dir {wt.admin_dir} "
+                f"is taken by {_admin_owner(wt.admin_dir)}",
+                hint="run `mahabharatha cleanup FEATURE` for the feature that owns it, or `git worktree prune` "
+                "when that worktree was deleted by hand",
+            )
+        # git names a worktree's metadata dir after the directory it is added at: add it at a directory named
+        # like the planned metadata dir, then move it to its planned path (the metadata dir keeps its name).
+        add_at = str(Path(path).parent / os.path.basename(wt.admin_dir))
+        if add_at != path and os.path.lexists(add_at):
+            raise WorktreeError(
+                f"Cannot create worktree {path} for worker {wt.worker_id}: {add_at} is in the way",
+                hint="move it away or remove it, then launch again",
+            )
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         if f"refs/heads/{wt.branch}" in branches:
-            git(repo, "worktree", "add", path, wt.branch)
+            git(repo, "worktree", "add", add_at, wt.branch)
         else:
-            git(repo, "worktree", "add", "-b", wt.branch, path, wt.base)
+            git(repo, "worktree", "add", "-b", wt.branch, add_at, wt.base)
             branches.add(f"refs/heads/{wt.branch}")
+        if add_at != path:
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(path)  # an empty leftover: `worktree move` would move *into* an existing directory
+            git(repo, "worktree", "move", add_at, path)
     else:
         branch = entry.get("branch", "")
         if branch != f"refs/heads/{wt.branch}":

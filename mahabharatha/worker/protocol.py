@@ -47,7 +47,7 @@ WORKSPACE = "/workspace"
 STATE_MOUNT = "/workspace/.mahabharatha/state"  # <repo>/.mahabharatha/state on the host
 RUNTIME_LIB = "/opt/mahabharatha/lib"  # parent of the mounted runtime package
 RUNTIME_PACKAGE = "mahabharatha_worker"  # this directory, mounted at RUNTIME_LIB/RUNTIME_PACKAGE
-GIT_WORKTREE_DIR = "/workspace/.git-worktree"  # <repo>/.git/worktrees/worker-N
+GIT_WORKTREE_DIR = "/workspace/.git-worktree"  # <repo>/.git/worktrees/<feature>-worker-N
 GIT_MAIN_DIR = "/repo/.git"  # <repo>/.git
 WORKER_HOME = "/home/worker"
 

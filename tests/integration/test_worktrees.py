@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from mahabharatha.core.model import Worktree
@@ -35,7 +36,7 @@ def _wt(repo: Path, n: int, feature: str = "feat") -> Worktree:
         path=str(root.parent / ".mahabharatha-worktrees" / feature / f"worker-{n}"),
         branch=f"mahabharatha/{feature}/worker-{n}",
         base=f"mahabharatha/{feature}/base",
-        admin_dir=str(root / ".git" / "worktrees" / f"worker-{n}"),
+        admin_dir=str(root / ".git" / "worktrees" / f"{feature}-worker-{n}"),
     )
 
 
@@ -57,11 +58,24 @@ def test_existing_base_branch_never_moves(repo: Path) -> None:
     assert _git(repo, "branch", "--show-current") == "main"
 
 
-def test_admin_dir_mismatch_is_a_clear_error(repo: Path) -> None:
-    # Another feature's worker-0 already owns .git/worktrees/worker-0: git names ours worker-01.
+def test_two_features_worktrees_coexist(repo: Path) -> None:
+    # git's metadata dirs are one namespace per repository: worker-0 of two features must not share one.
     worktrees.ensure_worktrees(repo, "mahabharatha/other/base", [_wt(repo, 0, "other")])
-    with pytest.raises(WorktreeError, match="metadata dir .*worker-0"):
-        worktrees.ensure_worktrees(repo, "mahabharatha/feat/base", [_wt(repo, 0)])
+    worktrees.ensure_worktrees(repo, "mahabharatha/feat/base", [_wt(repo, 0)])
+    for feature in ("other", "feat"):
+        wt = _wt(repo, 0, feature)
+        assert _git(Path(wt.path), "rev-parse", "--absolute-git-dir") == wt.admin_dir
+        assert _git(Path(wt.path), "branch", "--show-current") == wt.branch
+    worktrees.ensure_worktrees(repo, "mahabharatha/feat/base", [_wt(repo, 0)])  # idempotent
+
+
+def test_admin_dir_taken_is_a_clear_error_before_anything_is_created(repo: Path) -> None:
+    taken = _wt(repo, 0, "other")
+    worktrees.ensure_worktrees(repo, "mahabharatha/other/base", [taken])
+    ours = msgspec.structs.replace(_wt(repo, 0), admin_dir=taken.admin_dir)
+    with pytest.raises(WorktreeError, match=f"metadata dir .*other-worker-0 is taken by worktree {taken.path}"):
+        worktrees.ensure_worktrees(repo, "mahabharatha/feat/base", [ours])
+    assert not Path(ours.path).exists()
 
 
 def test_remove_refuses_dirty_unless_forced_and_ignores_mount_points(repo: Path) -> None:

@@ -39,7 +39,7 @@ def test_worker_spec_matches_the_tables():
     assert [(m.target, m.source, m.read_only) for m in w.mounts] == [
         ("/workspace", wt, False),
         ("/workspace/.git", f"{o}/dotgit", True),
-        ("/workspace/.git-worktree", f"{REPO}/.git/worktrees/worker-1", False),
+        ("/workspace/.git-worktree", f"{REPO}/.git/worktrees/user-auth-worker-1", False),
         ("/workspace/.git-worktree/commondir", f"{o}/commondir", True),
         ("/workspace/.git-worktree/gitdir", f"{o}/gitdir", True),
         ("/workspace/.mahabharatha/state", f"{REPO}/.mahabharatha/state", False),
@@ -99,7 +99,7 @@ def test_worker_spec_matches_the_tables():
     assert w.log_path == f"{REPO}/.mahabharatha/logs/workers/worker-1.stdout.log"
     assert (w.ready_timeout_s, w.start_timeout_s) == (30.0, 120.0)
     assert w.worktree.path == wt and w.worktree.branch == "mahabharatha/user-auth/worker-1"
-    assert w.worktree.base == "mahabharatha/user-auth/base" and w.worktree.admin_dir == f"{REPO}/.git/worktrees/worker-1"
+    assert w.worktree.base == "mahabharatha/user-auth/base" and w.worktree.admin_dir == f"{REPO}/.git/worktrees/user-auth-worker-1"
     assert plan.worktrees == tuple(x.worktree for x in plan.workers)
     assert plan.base_branch == "mahabharatha/user-auth/base" and plan.repo == REPO and plan.feature == "user-auth"
     assert plan.requested_workers == 3 and plan.image == "mahabharatha-worker"
