@@ -29,7 +29,10 @@ class MahabharathaError(Exception):
         super().__init__(message)
 
     def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        text = f"{self.message} ({self.hint})" if self.hint else self.message
+        if "\n" in text or "\r" in text:  # quoted tool output (git, the engine) must not break the one line
+            text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+        return text
 
 
 class ConfigError(MahabharathaError):
