@@ -7,6 +7,8 @@ traceback for these. Messages must never contain a secret value (see :mod:`mahab
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "MahabharathaError",
     "ConfigError",
@@ -31,7 +33,7 @@ class MahabharathaError(Exception):
     def __str__(self) -> str:
         text = f"{self.message} ({self.hint})" if self.hint else self.message
         if "\n" in text or "\r" in text:  # quoted tool output (git, the engine) must not break the one line
-            text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+            text = re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
         return text
 
 

@@ -192,5 +192,5 @@ def test_logs_tail_zero_prints_nothing(repo: Path, capsys: pytest.CaptureFixture
 def test_errors_are_one_line_even_when_they_quote_multi_line_tool_output() -> None:
     from mahabharatha.errors import LaunchError
 
-    exc = LaunchError("Failed to start container w-0: the engine said\nline two\r\n\n  line three  ", hint="do\nthis")
+    exc = LaunchError("Failed to start container w-0: the engine said\nline two\r\n\n  line three", hint="do\nthis\n")
     assert str(exc) == "Failed to start container w-0: the engine said line two line three (do this)"
