@@ -31,10 +31,15 @@ class MahabharathaError(Exception):
         super().__init__(message)
 
     def __str__(self) -> str:
-        text = f"{self.message} ({self.hint})" if self.hint else self.message
-        if "\n" in text or "\r" in text:  # quoted tool output (git, the engine) must not break the one line
-            text = re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+        # Quoted tool output (git, the engine, a build) must not break the one line.
+        message, hint = _one_line(self.message), _one_line(self.hint or "")
+        return f"{message} ({hint})" if hint else message
+
+
+def _one_line(text: str) -> str:
+    if "\n" not in text and "\r" not in text:
         return text
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
 
 
 class ConfigError(MahabharathaError):
