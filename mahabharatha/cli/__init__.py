@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -118,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     module_name, func_name = _HANDLERS[args.command].split(":")
+    previous = _terminate_like_ctrl_c()
     try:
         handler = getattr(importlib.import_module(f"{__name__}.{module_name}"), func_name)
         return int(handler(args) or 0)
@@ -135,6 +139,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         # /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _terminate_like_ctrl_c() -> dict[int, Any]:
+    """SIGTERM and SIGHUP (`timeout`, a CI cancel, a closed terminal) take the Ctrl-C path: the run stops its
+    workers, removes its containers and records a resumable state, instead of dying with a fleet left running.
+    A second signal is ignored so it cannot cut that cleanup short (SIGKILL still works). Returns the
+    handlers to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            continue  # started with it ignored (nohup): keep it that way
+        previous[sig] = signal.signal(sig, on_signal)
+    return previous
 
 
 if __name__ == "__main__":  # pragma: no cover

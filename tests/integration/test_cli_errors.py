@@ -87,10 +87,11 @@ def test_worker_image_without_git_or_python_says_what_is_missing(
     assert "A: pending" in status.stdout, status
 
 
-@pytest.mark.parametrize("when", ["starting", "ready"])
+@pytest.mark.parametrize("when, signame", [("starting", "SIGINT"), ("ready", "SIGINT"), ("ready", "SIGTERM"), ("starting", "SIGTERM")])
 def test_ctrl_c_during_launch_or_run_leaves_no_containers_and_a_resumable_state(
-    git_repo: Path, temp_home: Path, container_prefix: str, worker_image: str, docker_client: Any, when: str
+    git_repo: Path, temp_home: Path, container_prefix: str, worker_image: str, docker_client: Any, when: str, signame: str
 ) -> None:
+    """Ctrl-C, and SIGTERM (`timeout`, a CI cancel) the same way."""
     import os
     import signal
     import sys
@@ -106,7 +107,7 @@ def test_ctrl_c_during_launch_or_run_leaves_no_containers_and_a_resumable_state(
     for line in proc.stdout:
         seen.append(line)
         if ("1 worker(s) ready" if when == "ready" else "starting 1 worker(s)") in line:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(getattr(signal, signame))
             break
     rest = proc.communicate(timeout=120)[0]
     out = "".join(seen) + rest
