@@ -283,6 +283,12 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - exit 1 with one line, the host fails the task
         say(f"[worker {worker.worker_id}] error: {type(exc).__name__}: {exc}")
         return P.EXIT_ERROR
+    finally:
+        # Leaving: further stop signals (two stoppers often signal at once) must not kill the interpreter
+        # while it shuts down (it restores the default handlers then, turning our exit code into 143).
+        # An ignored signal stays ignored through shutdown.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,25 @@ def test_stop_signal_exits_130_and_releases_the_task(setup) -> None:
     assert "stopped; A released" in progress
 
 
+def test_repeated_stop_signals_still_exit_130(setup) -> None:
+    """Two stoppers at once (the orchestrator and `mahabharatha stop`) send SIGTERM twice: one arriving while
+    the interpreter shuts down must not turn the worker's 130 into a default-handler death (143)."""
+    p, env, store = setup([_task("A", sleep=60)])
+    proc = _start(p, env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == P.ready_line(0)
+    deadline = time.monotonic() + 30
+    while (store.read() or {})["tasks"]["A"]["status"] != "claimed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    while proc.poll() is None:  # keep signalling until it is gone
+        assert time.monotonic() < deadline
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.0005)
+    assert proc.returncode == P.EXIT_STOPPED, proc.stdout.read()
+    assert (store.read() or {})["tasks"]["A"]["status"] == "pending"
+
+
 def test_final_status_ends_an_idle_worker(setup) -> None:
     p, env, store = setup([_task("A")])
     proc = _start(p, env)
