@@ -129,10 +129,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..edge.orchestrator import orchestrate
     from ..planning import plan
 
+    from ..core.graph import load_graph
+    from ..demo import graph_text
+    from ..errors import ConfigError
+
     workers = getattr(args, "workers", 3) or 3
+    sample = load_graph("the demo's task graph", graph_text())
+    widest = max(len(sample.tasks_at(level)) for level in sample.levels)
+    if workers > widest:  # more would only start containers with nothing to do
+        _say(f"note: the sample feature has at most {widest} tasks per level: using {widest} workers, not {workers}")
+        workers = widest
+    where = None
+    if getattr(args, "dir", None):
+        where = Path(args.dir)
+        if where.exists() and not where.is_dir():
+            raise ConfigError(f"--dir {where}: not a directory", hint="pass a new or empty directory for the demo")
+        if (where / "repo").exists():
+            raise ConfigError(
+                f"--dir {where}: {where / 'repo'} already exists (the demo creates a fresh repository there)",
+                hint="pass a new or empty directory, or remove that one",
+            )
     client = make_client(workers=workers)
     image = _demo_image(client, getattr(args, "image", None))
-    where = Path(args.dir) if getattr(args, "dir", None) else Path(tempfile.mkdtemp(prefix="mahabharatha-demo-"))
+    where = where if where is not None else Path(tempfile.mkdtemp(prefix="mahabharatha-demo-"))
     # A prefix of its own: container names are global on an engine, and two demos may run at once.
     prefix = f"mahabharatha-demo-{uuid.uuid4().hex[:6]}"
     repo = create_demo_repo(where / "repo", image=image, workers=workers, container_prefix=prefix)

@@ -43,13 +43,21 @@ def _default_base(dockerfile: Path) -> str | None:
 
 
 def image_exists(client: Any, tag: str) -> bool:
-    """True when ``tag`` is present on the engine. Never pulls."""
+    """True when ``tag`` is present on the engine. Never pulls. A name the engine rejects (``BAD IMAGE``) or an
+    engine that cannot answer is a :class:`LaunchError`."""
     import docker.errors
 
     try:
         client.images.get(tag)
     except docker.errors.ImageNotFound:
         return False
+    except docker.errors.APIError as exc:
+        if exc.status_code == 400:
+            raise LaunchError(
+                f"image {tag!r} is not a valid Docker image reference ({exc.explanation or exc})",
+                hint="use a name like mahabharatha-worker or registry:5000/team/worker:tag",
+            ) from None
+        raise LaunchError(f"the Docker engine could not look up image {tag}: {exc.explanation or exc}") from None
     return True
 
 

@@ -122,3 +122,13 @@ def test_ctrl_c_during_launch_or_run_leaves_no_containers_and_a_resumable_state(
     files = subprocess.run(["git", "-C", str(git_repo), "ls-tree", "--name-only", "mahabharatha/feat/base"], capture_output=True, text=True).stdout.split()
     assert {"a.txt", "b.txt"} <= set(files)
     assert _containers(docker_client, git_repo) == []
+
+
+def test_demo_with_an_invalid_image_name_is_one_line(tmp_path: Path, docker_client: Any, capsys: Any) -> None:
+    from mahabharatha.cli import main
+
+    assert main(["demo", "--image", "BAD IMAGE", "--dir", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "'BAD IMAGE' is not a valid Docker image reference" in err
+    assert not (tmp_path / "d" / "repo").exists()

@@ -194,3 +194,26 @@ def test_errors_are_one_line_even_when_they_quote_multi_line_tool_output() -> No
 
     exc = LaunchError("Failed to start container w-0: the engine said\nline two\r\n\n  line three", hint="do\nthis\n")
     assert str(exc) == "Failed to start container w-0: the engine said line two line three (do this)"
+
+
+def test_demo_dir_that_is_a_file_or_holds_a_repo_is_refused_before_docker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["demo", "--dir", str(a_file)]) == 2
+    _one_line_error(capsys, f"--dir {a_file}: not a directory")
+    (tmp_path / "old" / "repo").mkdir(parents=True)
+    (tmp_path / "old" / "repo" / "keep.txt").write_text("mine")
+    assert main(["demo", "--dir", str(tmp_path / "old")]) == 2
+    _one_line_error(capsys, "already exists", "new or empty directory")
+    assert (tmp_path / "old" / "repo" / "keep.txt").read_text() == "mine"
+
+
+def test_demo_caps_workers_at_the_widest_level(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")  # stops right after the cap, at the engine
+    assert main(["demo", "--workers", "1000", "--dir", str(tmp_path / "d")]) == 1
+    captured = capsys.readouterr()
+    assert "tasks per level: using" in captured.out and "not 1000" in captured.out
+    assert "cannot reach the Docker engine" in captured.err
