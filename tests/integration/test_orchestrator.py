@@ -142,7 +142,7 @@ def test_context_limit_restarts_the_worker(git_repo: Path, make_plan: Any, docke
 
 
 def test_stop_yields_130_and_resume_finishes(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
-    from mahabharatha.edge.executor import stop_workers
+    from mahabharatha.cli import main
 
     graph = write_graph(git_repo, [
         task("quick", 1, create=("q.txt",)),
@@ -162,7 +162,9 @@ def test_stop_yields_130_and_resume_finishes(git_repo: Path, make_plan: Any, doc
             break
         assert time.monotonic() < deadline and runner.is_alive(), lines
         time.sleep(0.1)
-    stop_workers(docker_client, plan.repo, plan.feature, timeout=20)  # what `mahabharatha stop` does
+    # `mahabharatha stop` marks the run stopped before it signals the containers, so the idle worker cannot
+    # claim the task the busy one puts back (a bare stop_workers() left that window open).
+    assert main(["stop", "--repo", str(git_repo), "--feature", "feat", "--timeout", "20"]) == 0
     runner.join(timeout=120)
     assert (box["result"].status, box["result"].exit_code) == ("stopped", 130), lines
     quick_commit = state_of(git_repo)["tasks"]["quick"]["commit"]
