@@ -139,6 +139,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # The host filesystem in the way: a file where a directory goes, permissions, a full disk. Runs record a
+        # resumable state before this reaches us; say which path and stop.
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError) and exc.filename and not os.path.isdir(exc.filename):
+            what = "is a file, but a directory is needed there"
+        elif isinstance(exc, NotADirectoryError):
+            what = "part of this path is a file, but must be a directory"
+        print(f"mahabharatha: error: {where}{what} (fix or move that path, then run the command again)", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
+        if os.environ.get("MAHABHARATHA_DEBUG") == "1":
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(
+            f"mahabharatha: error: internal error: {type(exc).__name__}: {text} (a bug in mahabharatha; run again "
+            "with MAHABHARATHA_DEBUG=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -116,7 +116,7 @@ class StateStore:
         try:
             with open(self.path, encoding="utf-8") as fh:
                 text = fh.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file where a parent dir should be
             return None
         except IsADirectoryError:
             raise StateError(self.path, "it is a directory") from None

@@ -217,3 +217,42 @@ def test_demo_caps_workers_at_the_widest_level(tmp_path: Path, capsys: pytest.Ca
     captured = capsys.readouterr()
     assert "tasks per level: using" in captured.out and "not 1000" in captured.out
     assert "cannot reach the Docker engine" in captured.err
+
+
+def test_a_file_where_a_directory_goes_is_one_line_naming_it(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / ".claude").write_text("not a dir")
+    assert main(["install-commands", "--repo", str(repo)]) == 1
+    _one_line_error(capsys, str(repo / ".claude"), "must be a directory", "fix or move that path")
+
+
+def test_run_with_a_file_where_the_log_dir_goes_stops_resumably(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}')
+    logs = repo / ".mahabharatha" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "workers").write_text("in the way")
+    assert main(["kurukshetra", "--mode", "subprocess", "--workers", "1", "--repo", str(repo)]) == 1
+    _one_line_error(capsys, str(logs / "workers"), "is a file, but a directory is needed there")
+    data = S.StateStore(str(repo / ".mahabharatha" / "state"), "feat").read()
+    assert data is not None and data["status"] == "stopped" and data["tasks"]["A"]["status"] == "pending"
+
+
+def test_state_under_a_file_is_no_state(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / ".mahabharatha").write_text("a file")
+    assert main(["status", "--repo", str(repo)]) == 1
+    _one_line_error(capsys, "no run state for feature 'feat'")
+
+
+def test_a_bug_is_one_line_and_the_traceback_is_on_request(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mahabharatha.cli import ops
+
+    def broken(_args: object) -> int:
+        raise KeyError("surprise\nsecond line")
+
+    monkeypatch.setattr(ops, "cmd_status", broken)
+    assert main(["status", "--repo", str(repo)]) == 1
+    _one_line_error(capsys, "internal error: KeyError", "MAHABHARATHA_DEBUG=1")
+    monkeypatch.setenv("MAHABHARATHA_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["status", "--repo", str(repo)])
