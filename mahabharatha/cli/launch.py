@@ -68,6 +68,22 @@ def format_summary(result: RunResult, *, repo: str) -> str:
     return "\n".join(lines)
 
 
+def _uncommitted_note(repo: str, base_branch: str) -> str:
+    """When a fresh run's base branch will be made from HEAD while the checkout has uncommitted changes to
+    tracked files: say they are not part of the run (workers see commits only)."""
+    from ..edge.git import git, git_ok
+
+    if git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{base_branch}"):
+        return ""  # resuming: the base exists and holds the run's own history
+    changed = git(repo, "status", "--porcelain", "--untracked-files=no", check=False).splitlines()
+    if not changed:
+        return ""
+    return (
+        f"your checkout has uncommitted changes to {len(changed)} tracked file(s); workers start from the last "
+        f"commit (HEAD), so those changes are not part of this run (commit them first if they should be)"
+    )
+
+
 def cmd_kurukshetra(args: argparse.Namespace) -> int:
     if getattr(args, "dry_run", False):
         from .dryrun import run_dry_run
@@ -85,6 +101,9 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
     graph = read_graph(launch_plan.repo, launch_plan.feature)  # before anything starts
     for notice in launch_plan.notices:
         _say(f"note: {notice}")
+    uncommitted = _uncommitted_note(launch_plan.repo, launch_plan.base_branch)
+    if uncommitted:
+        _say(f"note: {uncommitted}")
     result = orchestrate(launch_plan, graph, out=_say, keep_failed=getattr(args, "keep_failed", False))
     print(format_summary(result, repo=launch_plan.repo), flush=True)
     return result.exit_code

@@ -256,3 +256,17 @@ def test_a_bug_is_one_line_and_the_traceback_is_on_request(
     monkeypatch.setenv("MAHABHARATHA_DEBUG", "1")
     with pytest.raises(KeyError):
         main(["status", "--repo", str(repo)])
+
+
+def test_a_fresh_run_says_uncommitted_changes_are_not_part_of_it(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text(
+        '{"feature": "feat", "tasks": [{"id": "A", "level": 1, "verification": {"command": "test -f README.md"}}]}'
+    )
+    (repo / ".mahabharatha").mkdir()
+    (repo / ".mahabharatha" / "config.yaml").write_text("workers:\n  agent_command: 'true'\n")
+    (repo / "README.md").write_text("edited, not committed\n")
+    assert main(["kurukshetra", "--mode", "subprocess", "--workers", "1", "--repo", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert "uncommitted changes to 1 tracked file(s)" in out
+    assert (repo / "README.md").read_text() == "edited, not committed\n"  # the user's work is untouched
+    assert subprocess.run(["git", "-C", str(repo), "branch", "--show-current"], capture_output=True, text=True).stdout.strip() == "main"
