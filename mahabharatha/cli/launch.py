@@ -84,6 +84,31 @@ def _uncommitted_note(repo: str, base_branch: str) -> str:
     )
 
 
+def _dirty_worktree_notes(launch_plan: Any) -> list[str]:
+    """Worker worktrees of an earlier run holding uncommitted changes: the worker will park them on a ref and
+    start clean (never lost, never mixed into a task's commit). Say where, since the worktree will not show
+    them any more."""
+    from ..edge.worktrees import uncommitted_changes
+
+    notes = []
+    for spec in launch_plan.workers:
+        path = spec.worktree.path
+        if not (Path(path) / ".git").exists():
+            continue
+        try:
+            changes = uncommitted_changes(path)
+        except Exception:  # noqa: BLE001 - a broken worktree is reported by the launch itself
+            continue
+        if changes:
+            shown = ", ".join(c[3:] for c in changes[:3]) + (" …" if len(changes) > 3 else "")
+            ref = f"refs/mahabharatha/interrupted/{launch_plan.feature}/worker-{spec.worker_id}-*"
+            notes.append(
+                f"worktree {path} has uncommitted changes ({shown}); worker {spec.worker_id} keeps them on {ref} "
+                f"and starts clean (`git log -p --glob='{ref}'` shows them)"
+            )
+    return notes
+
+
 def cmd_kurukshetra(args: argparse.Namespace) -> int:
     if getattr(args, "dry_run", False):
         from .dryrun import run_dry_run
@@ -104,6 +129,8 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
     uncommitted = _uncommitted_note(launch_plan.repo, launch_plan.base_branch)
     if uncommitted:
         _say(f"note: {uncommitted}")
+    for note in _dirty_worktree_notes(launch_plan):
+        _say(f"note: {note}")
     result = orchestrate(launch_plan, graph, out=_say, keep_failed=getattr(args, "keep_failed", False))
     print(format_summary(result, repo=launch_plan.repo), flush=True)
     return result.exit_code

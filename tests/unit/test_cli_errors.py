@@ -270,3 +270,25 @@ def test_a_fresh_run_says_uncommitted_changes_are_not_part_of_it(repo: Path, cap
     assert "uncommitted changes to 1 tracked file(s)" in out
     assert (repo / "README.md").read_text() == "edited, not committed\n"  # the user's work is untouched
     assert subprocess.run(["git", "-C", str(repo), "branch", "--show-current"], capture_output=True, text=True).stdout.strip() == "main"
+
+
+def test_rerun_over_a_dirty_worktree_keeps_the_work_and_says_where(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}')
+    (repo / ".mahabharatha").mkdir()
+    (repo / ".mahabharatha" / "config.yaml").write_text("workers:\n  agent_command: 'true'\n")
+    args = ["kurukshetra", "--mode", "subprocess", "--workers", "1", "--repo", str(repo)]
+    assert main(args) == 0
+    worktree = repo.parent / ".mahabharatha-worktrees" / "feat" / "worker-0"
+    (worktree / "precious.txt").write_text("hand-made\n")
+    assert main(["retry", "A", "--repo", str(repo)]) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"worktree {worktree} has uncommitted changes (precious.txt)" in out
+    refs = subprocess.run(
+        ["git", "-C", str(repo), "for-each-ref", "--format=%(refname)", "refs/mahabharatha/interrupted/feat/"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert len(refs) == 1 and refs[0].startswith("refs/mahabharatha/interrupted/feat/worker-0-")
+    shown = subprocess.run(["git", "-C", str(repo), "show", f"{refs[0]}:precious.txt"], capture_output=True, text=True)
+    assert shown.stdout == "hand-made\n"  # never lost
