@@ -270,7 +270,13 @@ def _stale_containers(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]
         ):
             stale.append(row["Id"])
             continue
-        if labels.get(LABEL_MANAGED) == "true":
+        if labels.get(LABEL_MANAGED) == "true" and row.get("State") in ("running", "restarting"):
+            # Someone's run is using it right now: cleaning it up would kill that run.
+            fix = (
+                "that run is in progress: wait for it, or give this launch its own names with "
+                "workers.container_prefix (or MAHABHARATHA_CONTAINER_PREFIX)"
+            )
+        elif labels.get(LABEL_MANAGED) == "true":
             fix = (
                 f"run `mahabharatha cleanup {labels.get(LABEL_FEATURE, 'FEATURE')}` in {labels.get(LABEL_REPO, 'its repo')}"
                 " or set workers.container_prefix to another name"

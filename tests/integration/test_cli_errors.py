@@ -132,3 +132,26 @@ def test_demo_with_an_invalid_image_name_is_one_line(tmp_path: Path, docker_clie
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "'BAD IMAGE' is not a valid Docker image reference" in err
     assert not (tmp_path / "d" / "repo").exists()
+
+
+def test_name_clash_with_a_running_run_of_another_feature_never_advises_cleaning_it_up(
+    git_repo: Path, temp_home: Path, container_prefix: str, worker_image: str, docker_client: Any, capsys: Any
+) -> None:
+    from mahabharatha.cli import main
+
+    _setup(git_repo, image=worker_image, prefix=container_prefix)
+    running = docker_client.containers.run(
+        worker_image, ["sleep", "60"], name=f"{container_prefix}-0", detach=True,
+        labels={"io.mahabharatha.managed": "true", "io.mahabharatha.repo": str(git_repo), "io.mahabharatha.feature": "other"},
+    )
+    try:
+        assert main(["kurukshetra", "--repo", str(git_repo)]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"{container_prefix}-0 already exists" in err and "feature other" in err
+        assert "in progress" in err and "MAHABHARATHA_CONTAINER_PREFIX" in err
+        assert "cleanup other" not in err
+        running.reload()
+        assert running.status == "running"  # untouched
+    finally:
+        running.remove(force=True)
