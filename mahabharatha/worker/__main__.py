@@ -10,9 +10,10 @@
    advances the level (then merge the base branch in and go on) or ends the run.
 
 Exit codes (protocol): 0 run done, 1 unrecoverable error, 2 the agent reported its context limit (the task
-is claimable again), 3 the run ended blocked/failed, 130 SIGTERM/SIGINT (the task is claimable again), 137
-the agent was SIGKILLed (the memory limit's OOM killer picks the biggest process, usually the agent; the task
-stays claimed for the orchestrator's OOM policy).
+is claimable again), 3 the run ended blocked/failed, 130 SIGTERM/SIGINT (the task is claimable again; an
+agent that ignores SIGTERM is killed after ``$MAHABHARATHA_STOP_GRACE`` s, default 10), 137 the agent was
+SIGKILLed (the memory limit's OOM killer picks the biggest process, usually the agent; the task stays claimed
+for the orchestrator's OOM policy).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -54,6 +56,8 @@ class Worker:
         self.workspace = env.get(P.ENV_WORKSPACE) or P.WORKSPACE
         self.main_git_dir = env.get(P.ENV_GIT_MAIN_DIR) or None
         self.poll_max = float(env.get(P.ENV_POLL_MAX) or 0.1)
+        self.stop_grace = float(env.get(P.ENV_STOP_GRACE) or 10)
+        self._killer: threading.Timer | None = None
         self.store = S.StateStore(self.state_dir, self.feature)
         self.stopping = False
         self.child: subprocess.Popen[bytes] | None = None
@@ -67,6 +71,20 @@ class Worker:
         if child is not None and child.poll() is None:
             try:
                 os.killpg(child.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            # An agent that ignores SIGTERM must not keep the worker (and so a timeout or `stop`) waiting:
+            # after a grace period its whole process group is killed.
+            if self._killer is None:
+                self._killer = threading.Timer(self.stop_grace, self._kill_group, args=(child,))
+                self._killer.daemon = True
+                self._killer.start()
+
+    @staticmethod
+    def _kill_group(child: subprocess.Popen[bytes]) -> None:
+        if child.returncode is None:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
             except OSError:
                 pass
 

@@ -71,5 +71,7 @@ ENV_SPEC_DIR = "MAHABHARATHA_SPEC_DIR"
 ENV_WORKSPACE = "MAHABHARATHA_WORKSPACE"
 # Seconds between state checks while a worker waits for its level to finish (backoff ceiling).
 ENV_POLL_MAX = "MAHABHARATHA_POLL_MAX"
+# Seconds a stopped worker gives its agent after SIGTERM before it kills the agent's process group.
+ENV_STOP_GRACE = "MAHABHARATHA_STOP_GRACE"
 GRAPH_FILE = "task-graph.json"
 PROGRESS_FILE = "progress.md"

@@ -120,6 +120,26 @@ def test_repeated_stop_signals_still_exit_130(setup) -> None:
     assert (store.read() or {})["tasks"]["A"]["status"] == "pending"
 
 
+def test_an_agent_ignoring_sigterm_is_killed_after_the_grace_period(setup) -> None:
+    p, env, store = setup([_task("A")])
+    env = {**env, P.ENV_AGENT_COMMAND: "trap '' TERM; touch ../agent-trapped; sleep 60", P.ENV_STOP_GRACE: "1"}
+    trapped = Path(p.workers[0].worktree.path).parent / "agent-trapped"
+    proc = _start(p, env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == P.ready_line(0)
+    deadline = time.monotonic() + 30
+    while not trapped.exists():  # the agent runs and ignores SIGTERM
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=20)  # not the agent's 60 s
+    finally:
+        proc.kill()
+    assert proc.returncode == P.EXIT_STOPPED, out
+    assert (store.read() or {})["tasks"]["A"]["status"] == "pending"
+
+
 def test_final_status_ends_an_idle_worker(setup) -> None:
     p, env, store = setup([_task("A")])
     proc = _start(p, env)
