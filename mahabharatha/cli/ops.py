@@ -93,6 +93,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"Feature {feature}: {data['status']}, level {data['level']} of {data['levels']}" + (f" ({data['message']})" if data.get("message") else ""))
+    if data["status"] == S.RUNNING and not run_in_progress(repo, feature):
+        # The orchestrator was killed (SIGKILL, a crash, a reboot): nothing merges levels until it runs again.
+        print("  no `mahabharatha kurukshetra` is running for it: run it again to resume (or `mahabharatha stop` the workers)")
     for level, counts in S.summary(data).items():
         print(f"  level {level}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         for tid, t in sorted(data["tasks"].items()):

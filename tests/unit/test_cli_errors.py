@@ -292,3 +292,9 @@ def test_rerun_over_a_dirty_worktree_keeps_the_work_and_says_where(repo: Path, c
     assert len(refs) == 1 and refs[0].startswith("refs/mahabharatha/interrupted/feat/worker-0-")
     shown = subprocess.run(["git", "-C", str(repo), "show", f"{refs[0]}:precious.txt"], capture_output=True, text=True)
     assert shown.stdout == "hand-made\n"  # never lost
+
+
+def test_status_of_a_running_state_without_an_orchestrator_says_to_resume(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _state_file(repo)  # status "running", as a killed orchestrator leaves it
+    assert main(["status", "--repo", str(repo)]) == 0
+    assert "no `mahabharatha kurukshetra` is running for it: run it again to resume" in capsys.readouterr().out
