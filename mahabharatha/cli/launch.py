@@ -110,6 +110,11 @@ def _dirty_worktree_notes(launch_plan: Any) -> list[str]:
 
 
 def cmd_kurukshetra(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+
+    if getattr(args, "json", False) and not getattr(args, "dry_run", False):
+        # Never start a real run for someone who asked for machine-readable output.
+        raise ConfigError("--json prints the launch plan and needs --dry-run", hint="add --dry-run, or drop --json to run")
     if getattr(args, "dry_run", False):
         from .dryrun import run_dry_run
 

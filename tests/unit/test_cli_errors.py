@@ -298,3 +298,10 @@ def test_status_of_a_running_state_without_an_orchestrator_says_to_resume(repo: 
     _state_file(repo)  # status "running", as a killed orchestrator leaves it
     assert main(["status", "--repo", str(repo)]) == 0
     assert "no `mahabharatha kurukshetra` is running for it: run it again to resume" in capsys.readouterr().out
+
+
+def test_json_without_dry_run_starts_nothing(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}')
+    assert main(["kurukshetra", "--json", "--mode", "subprocess", "--repo", str(repo)]) == 2
+    _one_line_error(capsys, "--json", "--dry-run")
+    assert not (repo / ".mahabharatha").exists()
