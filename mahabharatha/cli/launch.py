@@ -43,6 +43,8 @@ def read_graph(repo: str, feature: str) -> TaskGraph:
         ) from None
     except IsADirectoryError:
         raise GraphError(f"{path}: is a directory, expected the task graph file", hint="move it away and write the graph there") from None
+    except NotADirectoryError:
+        raise GraphError(f"{path}: part of its path is a file, not a directory", hint="move that file away") from None
     except OSError as exc:
         raise GraphError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})", hint="fix its permissions") from None
     graph = load_graph(path, text)

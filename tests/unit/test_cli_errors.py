@@ -305,3 +305,14 @@ def test_json_without_dry_run_starts_nothing(repo: Path, capsys: pytest.CaptureF
     assert main(["kurukshetra", "--json", "--mode", "subprocess", "--repo", str(repo)]) == 2
     _one_line_error(capsys, "--json", "--dry-run")
     assert not (repo / ".mahabharatha").exists()
+
+
+def test_gsd_that_is_a_file(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    shutil.rmtree(repo / ".gsd")
+    (repo / ".gsd").write_text("oops")
+    assert main(["kurukshetra", "--feature", "feat", "--mode", "subprocess", "--repo", str(repo)]) == 2
+    _one_line_error(capsys, "task-graph.json: part of its path is a file")
+    assert main(["kurukshetra", "--mode", "subprocess", "--repo", str(repo)]) == 2
+    _one_line_error(capsys, ".gsd/.current-feature")
