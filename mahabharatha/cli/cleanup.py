@@ -73,10 +73,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     for e in exits:
         oom = ", OOMKilled" if e.oom_killed else ""
         print(f"worker {e.worker_id} ({e.name}): exit {e.exit_code}: {e.meaning}{oom}")
-    if not stopped and not exits:
-        if engine_error is not None and not requested:
+    if requested:
+        # Also when nothing was listed above: a running orchestrator may have stopped (and removed) its
+        # workers first, on seeing the state change.
+        print(f"Run of feature {feature} marked stopped; `mahabharatha kurukshetra` resumes it")
+    elif not stopped and not exits:
+        if engine_error is not None:
             raise engine_error
-        print(f"No running workers for feature {feature} in {repo}" + ("; the run is marked stopped" if requested else ""))
+        print(f"No running workers for feature {feature} in {repo}")
     return 0
 
 

@@ -324,6 +324,7 @@ def test_stop_ends_a_subprocess_run_with_130_and_it_resumes(repo: Path, capsys: 
     assert "stopped by `mahabharatha stop`" in box["result"].message
     busy = store.read()["processes"][str(store.read()["tasks"]["quick"]["worker"] ^ 1)]["pid"]
     assert f"(pid {busy}): stopped" in out, out
+    assert "Run of feature feat marked stopped; `mahabharatha kurukshetra` resumes it" in out
     assert sum("exited 130 (stopped by signal)" in line for line in lines) == 2, lines  # both workers
     assert store.read()["tasks"]["slow"]["status"] == S.PENDING  # put back, not lost
     again = orchestrate(p, g, out=lines.append)
