@@ -641,6 +641,7 @@ class _Run:
                         d.update(status="stopped", message="interrupted; run again to resume")
             if self.launcher is not None:
                 self.launcher.stop_all()
+            self._release_claims()
         except BaseException as exc:
             # Our own failure (engine gone, git error, a bug): never leave a fleet waiting for a level advance
             # that will not come. Stop it, record why, and let the error reach the caller.
@@ -649,8 +650,12 @@ class _Run:
                     if d["status"] == S.RUNNING:
                         d.update(status="stopped", message=f"orchestrator stopped: {exc}"[:300])
             if self.launcher is not None:
-                with contextlib.suppress(Exception):
+                try:
                     self.launcher.stop_all()
+                except Exception:  # noqa: BLE001 - workers may still run: leave their claims alone
+                    pass
+                else:
+                    self._release_claims()
                 with contextlib.suppress(Exception):
                     self.launcher.close(success=False)
             raise
@@ -675,6 +680,14 @@ class _Run:
             worker_branches=tuple(self._worker_branches()),
             seconds=time.monotonic() - t0,
         )
+
+    def _release_claims(self) -> None:
+        """Every worker is stopped: tasks still claimed (a worker killed before it could release them, e.g. a
+        launch cut short) go back to pending, so the state shows what a resumed run will do."""
+        with contextlib.suppress(Exception):
+            with self.store.transaction() as d:
+                for wid in sorted({t.get("worker") for t in d["tasks"].values() if t["status"] == S.CLAIMED}):
+                    S.release_worker(d, wid)
 
     def _report_tasks(self) -> None:
         """One line per task that finished (done/failed) since the last look: launch progress for the user."""

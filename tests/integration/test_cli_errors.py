@@ -116,6 +116,7 @@ def test_ctrl_c_during_launch_or_run_leaves_no_containers_and_a_resumable_state(
     assert _containers(docker_client, git_repo) == [], out
     status = subprocess.run([sys.executable, "-m", "mahabharatha", "status", "--repo", str(git_repo)], capture_output=True, text=True)
     assert "stopped" in status.stdout.splitlines()[0], status.stdout
+    assert "claimed" not in status.stdout, status.stdout  # every worker is stopped: nothing is held
     # Resume: the second attempt of A does not sleep; the run finishes and merges both tasks.
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
