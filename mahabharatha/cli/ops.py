@@ -61,27 +61,43 @@ def container_rows(repo: str, feature: str) -> list[dict[str, Any]] | None:
         rows = feature_containers(client, repo, feature)
     except Exception:  # noqa: BLE001 - status works without Docker (subprocess mode, engine down)
         return None
+    rows = sorted(rows, key=lambda r: int((r.get("Labels") or {}).get(LABEL_WORKER, "0")))
+    running = [row["Id"] for row in rows if row.get("State") == "running"]
+    usage: dict[str, dict[str, Any]] = {}
+    if running:
+        # The engine takes about a second per stats sample (it measures CPU over an interval): ask for all
+        # containers at once, so `status` stays quick with many workers.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(running), 16), thread_name_prefix="mahabharatha-stats") as pool:
+            usage = {cid: u for cid, u in zip(running, pool.map(lambda cid: _usage(client, cid), running)) if u}
     out = []
-    for row in sorted(rows, key=lambda r: int((r.get("Labels") or {}).get(LABEL_WORKER, "0"))):
+    for row in rows:
         info: dict[str, Any] = {
             "name": (row.get("Names") or ["?"])[0].lstrip("/"),
             "worker": int((row.get("Labels") or {}).get(LABEL_WORKER, "-1")),
             "state": row.get("State"),
             "status": row.get("Status"),
         }
-        if row.get("State") == "running":
-            try:
-                stats = client.api.stats(row["Id"], stream=False)
-                cpu = stats["cpu_stats"]["cpu_usage"]["total_usage"] - stats["precpu_stats"]["cpu_usage"]["total_usage"]
-                system = stats["cpu_stats"].get("system_cpu_usage", 0) - stats["precpu_stats"].get("system_cpu_usage", 0)
-                ncpu = stats["cpu_stats"].get("online_cpus") or 1
-                info["cpu_percent"] = round(100.0 * cpu / system * ncpu, 1) if system > 0 else 0.0
-                info["memory_bytes"] = stats["memory_stats"].get("usage", 0)
-                info["memory_limit_bytes"] = stats["memory_stats"].get("limit", 0)
-            except Exception:  # noqa: BLE001 - the container may have just exited
-                pass
+        info.update(usage.get(row["Id"], {}))
         out.append(info)
     return out
+
+
+def _usage(client: Any, cid: str) -> dict[str, Any]:
+    """CPU % and memory use of one running container (``{}`` when it just exited or the engine balks)."""
+    try:
+        stats = client.api.stats(cid, stream=False)
+        cpu = stats["cpu_stats"]["cpu_usage"]["total_usage"] - stats["precpu_stats"]["cpu_usage"]["total_usage"]
+        system = stats["cpu_stats"].get("system_cpu_usage", 0) - stats["precpu_stats"].get("system_cpu_usage", 0)
+        ncpu = stats["cpu_stats"].get("online_cpus") or 1
+        return {
+            "cpu_percent": round(100.0 * cpu / system * ncpu, 1) if system > 0 else 0.0,
+            "memory_bytes": stats["memory_stats"].get("usage", 0),
+            "memory_limit_bytes": stats["memory_stats"].get("limit", 0),
+        }
+    except Exception:  # noqa: BLE001 - the container may have just exited
+        return {}
 
 
 def cmd_status(args: argparse.Namespace) -> int:

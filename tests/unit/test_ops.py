@@ -83,3 +83,36 @@ def test_install_commands(repo: Path) -> None:
     for name in names:
         text = (target / name).read_text()
         assert text.startswith("---\ndescription: ") and "mahabharatha " in text
+
+
+def test_status_asks_the_engine_for_every_running_container_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stats sample takes the engine about a second: three containers must be sampled concurrently (a
+    barrier that only opens for three simultaneous callers proves it without timing anything)."""
+    import threading
+
+    from mahabharatha.cli import ops
+    from mahabharatha.edge import executor
+
+    barrier = threading.Barrier(3, timeout=10)
+
+    class Api:
+        def stats(self, cid: str, stream: bool) -> dict:
+            assert stream is False
+            barrier.wait()  # raises BrokenBarrierError (-> no figures) when called one at a time
+            return {"cpu_stats": {"cpu_usage": {"total_usage": 300}, "system_cpu_usage": 2000, "online_cpus": 2},
+                    "precpu_stats": {"cpu_usage": {"total_usage": 100}, "system_cpu_usage": 1000},
+                    "memory_stats": {"usage": 5 * 2**20, "limit": 256 * 2**20}}
+
+    class Client:
+        api = Api()
+
+    rows = [{"Id": f"id{n}", "Names": [f"/w-{n}"], "Labels": {"io.mahabharatha.worker": str(n)}, "State": "running",
+             "Status": "Up 1 second"} for n in (2, 0, 1)]
+    rows.append({"Id": "id3", "Names": ["/w-3"], "Labels": {"io.mahabharatha.worker": "3"}, "State": "exited", "Status": "Exited (0)"})
+    monkeypatch.setattr(executor, "make_client", lambda **kw: Client())
+    monkeypatch.setattr(executor, "feature_containers", lambda client, repo, feature: rows)
+    got = ops.container_rows("/r", "feat")
+    assert [r["name"] for r in got] == ["w-0", "w-1", "w-2", "w-3"]
+    for r in got[:3]:
+        assert (r["cpu_percent"], r["memory_bytes"], r["memory_limit_bytes"]) == (40.0, 5 * 2**20, 256 * 2**20)
+    assert "cpu_percent" not in got[3]
