@@ -4,8 +4,8 @@ The design phase writes the graph; container mode reads it before anything start
 decodes the text and checks, in this order, each with one :class:`~mahabharatha.errors.GraphError` line
 naming the graph file, the task ids and the fix:
 
-1. the JSON and its types (the path of the bad field, e.g. ``$.tasks[2].level``), no tasks at all, duplicate
-   task ids;
+1. the JSON and its types (the path of the bad field, e.g. ``$.tasks[2].level``), no tasks at all, task ids
+   that cannot name a git ref or a file, duplicate task ids;
 2. a dependency on a task that does not exist;
 3. a dependency cycle (the cycle is spelled out);
 4. a dependency on a task of the same or a later level (levels run in order, all tasks of a level at once);
@@ -25,6 +25,7 @@ import msgspec
 from msgspec import Meta
 
 from ..errors import GraphError
+from .config import safe_name_problem
 
 __all__ = ["Files", "Verification", "Task", "TaskGraph", "load_graph", "graph_path", "DEFAULT_VERIFY_TIMEOUT_S"]
 
@@ -107,6 +108,14 @@ def validate(path: str, graph: TaskGraph) -> None:
     if not graph.tasks:
         raise _fail(path, "the task graph has no tasks (`tasks` is empty)", "add the feature's tasks, or run the design phase again")
     by_id: dict[str, Task] = {}
+    for i, t in enumerate(graph.tasks):
+        problem = safe_name_problem(t.id)
+        if problem:  # ids name refs (refs/mahabharatha/failed/<feature>/<id>), temp files and commit subjects
+            raise _fail(
+                path,
+                f"task id {t.id!r} (at `$.tasks[{i}].id`) cannot name a git ref or a file: {problem}",
+                "rename the task",
+            )
     for t in graph.tasks:
         if t.id in by_id:
             raise _fail(path, f"task id {t.id!r} is used by two tasks", "give every task a unique id")

@@ -316,3 +316,16 @@ def test_gsd_that_is_a_file(repo: Path, capsys: pytest.CaptureFixture[str]) -> N
     _one_line_error(capsys, "task-graph.json: part of its path is a file")
     assert main(["kurukshetra", "--mode", "subprocess", "--repo", str(repo)]) == 2
     _one_line_error(capsys, ".gsd/.current-feature")
+
+
+@pytest.mark.parametrize("task_id", ["a b", "a/b", "../x", "x..y", "-x", "t.lock", "a:b", "é"])
+def test_task_ids_that_cannot_name_a_ref_or_file_are_refused_before_launch(
+    repo: Path, capsys: pytest.CaptureFixture[str], task_id: str
+) -> None:
+    import json
+
+    graph = {"feature": "feat", "tasks": [{"id": "ok", "level": 1}, {"id": task_id, "level": 1}]}
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text(json.dumps(graph))
+    assert main(["kurukshetra", "--mode", "subprocess", "--repo", str(repo)]) == 2
+    _one_line_error(capsys, f"task id {task_id!r}", "$.tasks[1].id", "rename the task")
+    assert not (repo / ".mahabharatha").exists()
