@@ -91,6 +91,21 @@ def _admin_dir(path: str) -> str:
     return git(path, "rev-parse", "--absolute-git-dir")
 
 
+def _other_repository(path: str) -> str | None:
+    """The main checkout of another repository that ``path`` is a linked worktree of, or None."""
+    try:
+        text = (Path(path) / ".git").read_text().strip()
+    except OSError:
+        return None
+    if not text.startswith("gitdir: "):
+        return None
+    admin = Path(os.path.realpath(os.path.join(path, text[len("gitdir: "):])))
+    # <main>/.git/worktrees/<name>: the main checkout is three levels up.
+    if admin.parent.name != "worktrees" or admin.parent.parent.name != ".git":
+        return None
+    return str(admin.parent.parent.parent)
+
+
 def _admin_owner(admin_dir: str) -> str:
     """Who uses a worktree metadata dir: the worktree path recorded in its ``gitdir`` file, when readable."""
     try:
@@ -115,6 +130,14 @@ def _ensure_one(
         entry = None
     if entry is None:
         if Path(path).exists() and any(Path(path).iterdir()):
+            other = _other_repository(path)
+            if other is not None:  # a sibling repository ran a feature of the same name: its work lives there
+                raise WorktreeError(
+                    f"Cannot create worktree {path} for worker {wt.worker_id}: it is a worktree of another "
+                    f"repository, {other}, which shares the worktree directory {Path(path).parent.parent}",
+                    hint=f"use another feature name here, or finish that run and `mahabharatha cleanup "
+                    f"{Path(path).parent.name} --repo {other}`; never delete it by hand, it may hold work",
+                )
             raise WorktreeError(
                 f"Cannot create worktree {path} for worker {wt.worker_id}: the directory exists, is not empty "
                 "and is not a git worktree of this repository",

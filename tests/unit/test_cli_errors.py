@@ -329,3 +329,25 @@ def test_task_ids_that_cannot_name_a_ref_or_file_are_refused_before_launch(
     assert main(["kurukshetra", "--mode", "subprocess", "--repo", str(repo)]) == 2
     _one_line_error(capsys, f"task id {task_id!r}", "$.tasks[1].id", "rename the task")
     assert not (repo / ".mahabharatha").exists()
+
+
+def test_sibling_repo_with_the_same_feature_never_gets_told_to_delete_the_others_worktree(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    graph = '{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}'
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text(graph)
+    (repo / ".mahabharatha").mkdir()
+    (repo / ".mahabharatha" / "config.yaml").write_text("workers:\n  agent_command: 'true'\n")
+    sibling = tmp_path / "sibling"
+    shutil.copytree(repo, sibling)  # another project next to it, same feature name
+    args = ["kurukshetra", "--mode", "subprocess", "--workers", "1"]
+    assert main([*args, "--repo", str(repo)]) == 0
+    theirs = repo.parent / ".mahabharatha-worktrees" / "feat" / "worker-0"
+    (theirs / "precious.txt").write_text("work in progress\n")
+    capsys.readouterr()
+    assert main([*args, "--repo", str(sibling)]) == 1
+    line = _one_line_error(capsys, str(theirs), f"worktree of another repository, {repo}", "never delete it by hand")
+    assert "remove it" not in line
+    assert (theirs / "precious.txt").read_text() == "work in progress\n"
