@@ -758,6 +758,7 @@ def orchestrate(
             f"the task graph is for feature {graph.feature!r}, the launch for {plan.feature!r}",
             hint="fix `feature` in the task graph or pass --feature",
         )
+    _worktrees.refuse_checked_out_run_branches(plan.repo, plan.feature)
     if plan.mode == "container":
         from .executor import preflight
 

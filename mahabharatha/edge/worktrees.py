@@ -20,6 +20,7 @@ from .git import git, git_ok
 
 __all__ = [
     "ensure_base_branch",
+    "refuse_checked_out_run_branches",
     "ensure_worktree",
     "ensure_worktrees",
     "worktree_creator",
@@ -52,6 +53,24 @@ def ensure_base_branch(repo: str | os.PathLike[str], branch: str, *, start: str 
             )
         git(repo, "branch", branch, start)
     return git(repo, "rev-parse", ref)
+
+
+def refuse_checked_out_run_branches(repo: str | os.PathLike[str], feature: str) -> None:
+    """Refuse when the main checkout has one of the feature's run branches checked out.
+
+    The orchestrator moves ``mahabharatha/<feature>/base`` with plumbing as levels merge; moving the branch a
+    checkout stands on would leave its index and files behind the branch, so `git status` would show the run's
+    work as staged deletions (and a commit would revert it).
+    """
+    current = git(repo, "symbolic-ref", "-q", "HEAD", check=False).strip()
+    prefix = f"refs/heads/mahabharatha/{feature}/"
+    if current.startswith(prefix):
+        branch = current.removeprefix("refs/heads/")
+        raise WorktreeError(
+            f"{repo} has {branch} checked out; the run moves the feature's branches as it merges levels, which "
+            "would leave your checkout's files and index behind",
+            hint="switch to your own branch first (e.g. `git switch main`), then run again",
+        )
 
 
 def list_worktrees(repo: str | os.PathLike[str]) -> list[dict[str, str]]:

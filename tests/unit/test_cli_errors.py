@@ -351,3 +351,13 @@ def test_sibling_repo_with_the_same_feature_never_gets_told_to_delete_the_others
     line = _one_line_error(capsys, str(theirs), f"worktree of another repository, {repo}", "never delete it by hand")
     assert "remove it" not in line
     assert (theirs / "precious.txt").read_text() == "work in progress\n"
+
+
+def test_run_refuses_while_the_checkout_stands_on_the_base_branch(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1, "files": {"create": ["a.txt"]}}]}')
+    _git(repo, "switch", "-q", "-c", "mahabharatha/feat/base")  # e.g. to look at the merged result
+    assert main(["kurukshetra", "--mode", "subprocess", "--repo", str(repo)]) == 1
+    _one_line_error(capsys, "has mahabharatha/feat/base checked out", "git switch main")
+    assert not (repo / ".mahabharatha" / "state").exists()
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True).stdout
+    assert "D " not in status
