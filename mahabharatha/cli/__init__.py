@@ -52,6 +52,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= 86_400:  # also rejects nan and inf
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, got {text}")
+    return value
+
+
 def _repo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=".", help="repository root (default: current directory)")
 
@@ -98,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop workers gracefully (they exit 130)")
     _repo_args(p)
     p.add_argument("--feature")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a worker is killed")
+    p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds before a worker is killed")
 
     p = sub.add_parser("cleanup", help="remove a feature's containers and worktrees")
     _repo_args(p)

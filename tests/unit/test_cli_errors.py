@@ -361,3 +361,11 @@ def test_run_refuses_while_the_checkout_stands_on_the_base_branch(repo: Path, ca
     assert not (repo / ".mahabharatha" / "state").exists()
     status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True).stdout
     assert "D " not in status
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "abc", "1e9"])
+def test_stop_timeout_must_be_a_sane_number_of_seconds(repo: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["stop", "--timeout", value, "--repo", str(repo)])
+    assert exc.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
