@@ -174,6 +174,12 @@ def run_in_progress(repo: str, feature: str) -> bool:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     repo, feature = _repo_feature(args)
+    if getattr(args, "feature", None) and not _store(repo, feature).exists():
+        # The log files are per repository (worker-N.stdout.log): never show another feature's output as this one's.
+        raise MahabharathaError(
+            f"no run of feature {feature!r} in {repo}, so no logs for it",
+            hint="see `mahabharatha status --feature NAME` for the features that ran",
+        )
     files = _log_files(repo, getattr(args, "worker", None))
     prefix = len(files) > 1
     tail = getattr(args, "tail", None)

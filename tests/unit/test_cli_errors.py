@@ -369,3 +369,14 @@ def test_stop_timeout_must_be_a_sane_number_of_seconds(repo: Path, capsys: pytes
         main(["stop", "--timeout", value, "--repo", str(repo)])
     assert exc.value.code == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+def test_logs_of_a_feature_that_never_ran_does_not_show_another_features_output(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _state_file(repo)  # feature "feat" ran
+    _log(repo, 0, "output of feat\n")
+    assert main(["logs", "--feature", "nosuch", "--repo", str(repo)]) == 1
+    _one_line_error(capsys, "no run of feature 'nosuch'")
+    assert main(["logs", "--feature", "feat", "--repo", str(repo)]) == 0
+    assert "output of feat" in capsys.readouterr().out
