@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from ..errors import WorktreeError
 
@@ -35,13 +36,7 @@ def git(repo: str | os.PathLike[str], *args: str, check: bool = True, input: str
 
     Raises :class:`WorktreeError` with git's own message on failure when ``check`` is true.
     """
-    proc = subprocess.run(
-        ["git", "-C", str(repo), *HARDENING, *args],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        input=input,
-    )
+    proc = _run(["git", "-C", str(repo), *HARDENING, *args], text=True, input=input)
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise WorktreeError(f"git {' '.join(args)} failed in {Path(repo)}: {detail[-1] if detail else proc.returncode}")
@@ -50,6 +45,11 @@ def git(repo: str | os.PathLike[str], *args: str, check: bool = True, input: str
 
 def git_ok(repo: str | os.PathLike[str], *args: str) -> bool:
     """True when the git command succeeds (for existence checks such as ``rev-parse --verify``)."""
-    return subprocess.run(
-        ["git", "-C", str(repo), *HARDENING, *args], capture_output=True, env=_env()
-    ).returncode == 0
+    return _run(["git", "-C", str(repo), *HARDENING, *args]).returncode == 0
+
+
+def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    try:
+        return subprocess.run(argv, capture_output=True, env=_env(), **kwargs)
+    except FileNotFoundError:  # the git binary itself (`-C repo` problems are git's own errors)
+        raise WorktreeError("git is not installed on this machine (not on PATH)", hint="install git, then run again") from None

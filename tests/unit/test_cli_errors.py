@@ -380,3 +380,17 @@ def test_logs_of_a_feature_that_never_ran_does_not_show_another_features_output(
     _one_line_error(capsys, "no run of feature 'nosuch'")
     assert main(["logs", "--feature", "feat", "--repo", str(repo)]) == 0
     assert "output of feat" in capsys.readouterr().out
+
+
+def test_no_git_on_the_host_is_one_line(repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import shutil
+    import sys
+
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}')
+    bin_dir = tmp_path / "bin"  # a PATH with python but without git
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    assert shutil.which("git", path=str(bin_dir)) is None
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert main(["kurukshetra", "--mode", "container", "--repo", str(repo)]) == 1
+    _one_line_error(capsys, "git is not installed on this machine", "install git")
