@@ -88,8 +88,16 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove the feature's containers and worktrees; refuse (naming them) worktrees with uncommitted work."""
     from ..edge import executor, worktrees
 
+    from .ops import run_in_progress
+
     repo = _repo_root(args.repo)
     feature = _feature(repo, args.feature)
+    if run_in_progress(repo, feature):
+        # Removing a live run's containers and worktrees kills its workers mid-task and breaks its restarts.
+        raise MahabharathaError(
+            f"a `mahabharatha kurukshetra` run of feature {feature} is in progress in {repo}; not cleaning up under it",
+            hint=f"stop it first with `mahabharatha stop --feature {feature}`, then run cleanup again",
+        )
     engine_error: MahabharathaError | None = None
     try:
         removed = executor.remove_containers(executor.make_client(), repo, feature)

@@ -394,3 +394,18 @@ def test_no_git_on_the_host_is_one_line(repo: Path, capsys: pytest.CaptureFixtur
     monkeypatch.setenv("PATH", str(bin_dir))
     assert main(["kurukshetra", "--mode", "container", "--repo", str(repo)]) == 1
     _one_line_error(capsys, "git is not installed on this machine", "install git")
+
+
+def test_cleanup_refuses_while_a_run_is_in_progress(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+    import os
+
+    lock_dir = repo / ".mahabharatha" / "state" / "feat"
+    lock_dir.mkdir(parents=True)
+    fd = os.open(lock_dir / "orchestrator.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a running kurukshetra holds
+    try:
+        assert main(["cleanup", "feat", "--force", "--repo", str(repo)]) == 1
+        _one_line_error(capsys, "run of feature feat is in progress", "mahabharatha stop --feature feat")
+    finally:
+        os.close(fd)
