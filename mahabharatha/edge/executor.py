@@ -492,6 +492,7 @@ class _Fleet:
             if self.aborted:
                 raise LaunchError(f"Worker process failed to start in {spec.name}: launch aborted")
             state = self._state(cid)
+            fix = ""
             if state.get("Running"):
                 why = f"no `{ready_line(spec.worker_id)}` line after {spec.start_timeout_s:.0f} s"
             else:
@@ -499,11 +500,12 @@ class _Fleet:
                 why = f"the container exited with code {code} ({exit_meaning(code)})"
                 if state.get("OOMKilled"):
                     why += ", OOMKilled"
+                    fix = f"raise resources.container_memory_limit (now {spec.mem_limit}) in .mahabharatha/config.yaml; "
                 why += " before the worker announced itself"
             last = " | ".join(line for line in logs.tail if line.strip()) or "(no output)"
             raise LaunchError(
                 f"Worker process failed to start in {spec.name}: {why}; last log lines: {last}",
-                hint=f"full log: {spec.log_path}",
+                hint=f"{fix}full log: {spec.log_path}",
             )
         return WorkerHandle(spec.worker_id, cid, spec.name, "running")
 

@@ -156,3 +156,18 @@ def test_name_clash_with_a_running_run_of_another_feature_never_advises_cleaning
         assert running.status == "running"  # untouched
     finally:
         running.remove(force=True)
+
+
+def test_memory_limit_too_small_to_start_names_the_setting(
+    git_repo: Path, temp_home: Path, container_prefix: str, worker_image: str, docker_client: Any, capsys: Any
+) -> None:
+    from mahabharatha.cli import main
+
+    _setup(git_repo, image=worker_image, prefix=container_prefix)
+    config = git_repo / ".mahabharatha" / "config.yaml"
+    config.write_text(config.read_text().replace("container_memory_limit: 256m", "container_memory_limit: 7m"))
+    assert main(["kurukshetra", "--repo", str(git_repo)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "OOMKilled" in err and "raise resources.container_memory_limit (now 7m)" in err
+    assert _containers(docker_client, git_repo) == []
