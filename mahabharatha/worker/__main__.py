@@ -183,6 +183,9 @@ class Worker:
                 self.progress(f"{task_id} agent killed (SIGKILL, likely out of memory)")
                 return P.EXIT_OOM
             error = "" if code == 0 else f"agent command exited {code}"
+            if code == 127:  # sh: command not found
+                # (The command itself is not quoted: a user may have inlined a credential in it.)
+                error += " (command not found: install the program of workers.agent_command in the worker image)"
             if not error:
                 verify = task.get("verification") or {}
                 command = verify.get("command") or ""

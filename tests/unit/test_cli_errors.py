@@ -409,3 +409,15 @@ def test_cleanup_refuses_while_a_run_is_in_progress(repo: Path, capsys: pytest.C
         _one_line_error(capsys, "run of feature feat is in progress", "mahabharatha stop --feature feat")
     finally:
         os.close(fd)
+
+
+def test_agent_command_not_found_says_so_in_status(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}')
+    (repo / ".mahabharatha").mkdir()
+    (repo / ".mahabharatha" / "config.yaml").write_text("workers:\n  agent_command: no-such-agent-xyz --secret=s3cr3t\n")
+    assert main(["kurukshetra", "--mode", "subprocess", "--workers", "1", "--repo", str(repo)]) == 1
+    capsys.readouterr()
+    assert main(["status", "--repo", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert "agent command exited 127 (command not found: install the program of workers.agent_command" in out
+    assert "s3cr3t" not in (repo / ".mahabharatha" / "state" / "feat" / "state.json").read_text()
