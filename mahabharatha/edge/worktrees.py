@@ -49,7 +49,7 @@ def ensure_base_branch(repo: str | os.PathLike[str], branch: str, *, start: str 
         if not git_ok(repo, "rev-parse", "--verify", "--quiet", f"{start}^{{commit}}"):
             raise WorktreeError(
                 f"Cannot create branch {branch} in {repo}: {start} has no commit",
-                hint="commit something first (git commit --allow-empty -m init)",
+                hint="commit something first, e.g. `git commit --allow-empty -m init`",
             )
         git(repo, "branch", branch, start)
     return git(repo, "rev-parse", ref)

@@ -421,3 +421,18 @@ def test_agent_command_not_found_says_so_in_status(repo: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert "agent command exited 127 (command not found: install the program of workers.agent_command" in out
     assert "s3cr3t" not in (repo / ".mahabharatha" / "state" / "feat" / "state.json").read_text()
+
+
+def test_unborn_head_is_one_line_and_records_no_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    r = tmp_path / "fresh"
+    r.mkdir()
+    _git(r, "init", "-q", "-b", "main")
+    (r / ".gsd" / "specs" / "feat").mkdir(parents=True)
+    (r / ".gsd" / ".current-feature").write_text("feat\n")
+    (r / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}')
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["kurukshetra", "--mode", "subprocess", "--repo", str(r)]) == 1
+    line = _one_line_error(capsys, "HEAD has no commit", "git commit --allow-empty -m init")
+    assert "((" not in line and "))" not in line
+    assert main(["status", "--repo", str(r)]) == 1  # nothing to resume
+    _one_line_error(capsys, "no run state")
