@@ -23,7 +23,7 @@ EXIT_MEANINGS = {
     EXIT_OOM: "killed (out of memory or SIGKILL)",
     # Not the worker's own codes: the command could not run at all (`python3 -m mahabharatha_worker`).
     126: "command not executable: the worker image's python3 cannot run",
-    127: "command not found: the worker image has no python3 on PATH (every worker image needs python3 and git)",
+    127: "command not found: the worker image has no python3 on PATH; every worker image needs python3 and git",
 }
 
 
