@@ -26,6 +26,7 @@ import fcntl
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -452,6 +453,7 @@ class _Run:
         self.stopped_by_user = False
         self.seconds_per_minute = _SECONDS_PER_MINUTE
         self.reported: dict[str, str] = {}  # task id -> status last reported
+        self._restore_signals: Callable[[], None] = lambda: None  # set while an interrupted run stops its workers
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _worker_branches(self) -> list[str]:
@@ -606,6 +608,7 @@ class _Run:
                 ) from None
             return self._run()
         finally:
+            self._restore_signals()  # Ctrl-C works again once the workers are stopped and closed
             os.close(lock_fd)
 
     def _run(self) -> RunResult:
@@ -633,7 +636,9 @@ class _Run:
                 self._log(f"{n} worker(s) ready")
                 self._loop()
         except KeyboardInterrupt:
-            self._log("interrupted: stopping workers (run again to resume)")
+            # A second Ctrl-C (or a SIGTERM) must not cut the stop short and leave containers behind.
+            self._restore_signals = _ignore_interrupts()
+            self._log("interrupted: stopping workers (run again to resume; Ctrl-C is ignored until they have stopped)")
             self.stopping = True
             with contextlib.suppress(Exception):
                 with self.store.transaction() as d:
@@ -742,6 +747,19 @@ class _Run:
                 if self.alive.get(wid) != pid:
                     continue
                 self._on_exit(wid, code, oom)
+
+
+def _ignore_interrupts() -> Callable[[], None]:
+    """Ignore SIGINT, SIGTERM and SIGHUP (main thread only) while the run stops its workers; return the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def orchestrate(

@@ -171,3 +171,39 @@ def test_memory_limit_too_small_to_start_names_the_setting(
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "OOMKilled" in err and "raise resources.container_memory_limit (now 7m)" in err
     assert _containers(docker_client, git_repo) == []
+
+
+def test_repeated_ctrl_c_while_workers_stop_still_leaves_no_containers(
+    git_repo: Path, temp_home: Path, container_prefix: str, worker_image: str, docker_client: Any
+) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    _setup(git_repo, image=worker_image, prefix=container_prefix)
+    config = git_repo / ".mahabharatha" / "config.yaml"
+    # An agent that ignores SIGTERM: the graceful stop takes a while, and an impatient user presses Ctrl-C again.
+    config.write_text(config.read_text().replace(
+        "agent_command: python3 -m mahabharatha_worker.scripted_agent", "agent_command: trap '' TERM; sleep 60"
+    ))
+    cmd = [sys.executable, "-m", "mahabharatha", "kurukshetra", "--repo", str(git_repo)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "1 worker(s) ready" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stdout:
+        seen.append(line)
+        if "interrupted: stopping workers" in line:
+            break
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+        time.sleep(0.3)  # while the worker is still waiting for its agent (it kills it after 10 s)
+        proc.send_signal(sig)
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "run `mahabharatha kurukshetra` again to resume" in out, out
+    assert _containers(docker_client, git_repo) == [], out
