@@ -87,7 +87,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove the feature's containers and worktrees; refuse (naming them) worktrees with uncommitted work."""
     from ..edge import executor, worktrees
-
     from .ops import run_in_progress
 
     repo = _repo_root(args.repo)

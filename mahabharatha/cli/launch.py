@@ -176,15 +176,13 @@ def _demo_image(client: Any, requested: str | None) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the sample feature in containers with the scripted agent and show the merged result."""
-    from ..demo import DEMO_FEATURE, create_demo_repo
+    from ..core.graph import load_graph
+    from ..demo import DEMO_FEATURE, create_demo_repo, graph_text
     from ..edge.executor import make_client
     from ..edge.git import git
     from ..edge.orchestrator import orchestrate
-    from ..planning import plan
-
-    from ..core.graph import load_graph
-    from ..demo import graph_text
     from ..errors import ConfigError
+    from ..planning import plan
 
     workers = getattr(args, "workers", 3) or 3
     sample = load_graph("the demo's task graph", graph_text())

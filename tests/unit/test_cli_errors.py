@@ -269,7 +269,7 @@ def test_a_fresh_run_says_uncommitted_changes_are_not_part_of_it(repo: Path, cap
     out = capsys.readouterr().out
     assert "uncommitted changes to 1 tracked file(s)" in out
     assert (repo / "README.md").read_text() == "edited, not committed\n"  # the user's work is untouched
-    assert subprocess.run(["git", "-C", str(repo), "branch", "--show-current"], capture_output=True, text=True).stdout.strip() == "main"
+    assert subprocess.run(["git", "-C", str(repo), "branch", "--show-current"], capture_output=True, text=True, check=False).stdout.strip() == "main"
 
 
 def test_rerun_over_a_dirty_worktree_keeps_the_work_and_says_where(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -290,7 +290,7 @@ def test_rerun_over_a_dirty_worktree_keeps_the_work_and_says_where(repo: Path, c
         capture_output=True, text=True, check=True,
     ).stdout.split()
     assert len(refs) == 1 and refs[0].startswith("refs/mahabharatha/interrupted/feat/worker-0-")
-    shown = subprocess.run(["git", "-C", str(repo), "show", f"{refs[0]}:precious.txt"], capture_output=True, text=True)
+    shown = subprocess.run(["git", "-C", str(repo), "show", f"{refs[0]}:precious.txt"], capture_output=True, text=True, check=False)
     assert shown.stdout == "hand-made\n"  # never lost
 
 
@@ -359,7 +359,7 @@ def test_run_refuses_while_the_checkout_stands_on_the_base_branch(repo: Path, ca
     assert main(["kurukshetra", "--mode", "subprocess", "--repo", str(repo)]) == 1
     _one_line_error(capsys, "has mahabharatha/feat/base checked out", "git switch main")
     assert not (repo / ".mahabharatha" / "state").exists()
-    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True).stdout
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True, check=False).stdout
     assert "D " not in status
 
 
