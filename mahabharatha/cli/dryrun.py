@@ -30,7 +30,13 @@ def _print(launch_plan: LaunchPlan, *, as_json: bool) -> None:
         out.write(render_json(launch_plan) + b"\n")
         out.flush()
         return
-    lines = [render_text(launch_plan), "Equivalent docker run commands (for debugging by hand):"]
+    heading = "Equivalent docker run commands (for debugging by hand):"
+    if launch_plan.mode != "container":  # the limits, mounts and names above apply to containers only
+        heading = (
+            "Subprocess mode runs workers on the host, without the container limits and mounts above; "
+            "with --mode container they would be (docker run, for debugging by hand):"
+        )
+    lines = [render_text(launch_plan), heading]
     secrets = launch_plan.workers[0].secret_environment if launch_plan.workers else ()
     for s in secrets:
         where = "it is set there" if s.source == "environment" else f"it was found in {s.source}"

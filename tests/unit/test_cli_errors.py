@@ -436,3 +436,11 @@ def test_unborn_head_is_one_line_and_records_no_run(tmp_path: Path, capsys: pyte
     assert "((" not in line and "))" not in line
     assert main(["status", "--repo", str(r)]) == 1  # nothing to resume
     _one_line_error(capsys, "no run state")
+
+
+def test_subprocess_dry_run_does_not_pass_container_limits_off_as_applying(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["kurukshetra", "--dry-run", "--mode", "subprocess", "--repo", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert "Subprocess mode runs workers on the host, without the container limits and mounts above" in out
+    assert main(["kurukshetra", "--dry-run", "--mode", "container", "--repo", str(repo)]) == 0
+    assert "Equivalent docker run commands (for debugging by hand):" in capsys.readouterr().out
