@@ -653,7 +653,7 @@ class _Run:
             with contextlib.suppress(Exception):
                 with self.store.transaction() as d:
                     if d["status"] == S.RUNNING:
-                        d.update(status="stopped", message=f"orchestrator stopped: {exc}"[:300])
+                        d.update(status="stopped", message=_clip(f"orchestrator stopped: {exc}", 500))
             if self.launcher is not None:
                 try:
                     self.launcher.stop_all()
@@ -747,6 +747,11 @@ class _Run:
                 if self.alive.get(wid) != pid:
                     continue
                 self._on_exit(wid, code, oom)
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, marked when cut (a path or hint cut mid-way must not look whole)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _ignore_interrupts() -> Callable[[], None]:
