@@ -65,7 +65,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     stopped = processes.stop_recorded(S.StateStore(f"{repo}/.mahabharatha/state", feature), timeout=args.timeout)
     engine_error: LaunchError | None = None
     try:
-        exits = executor.stop_workers(executor.make_client(), repo, feature, timeout=args.timeout)
+        exits = executor.stop_workers(executor.make_client(action="Cannot stop worker containers"), repo, feature, timeout=args.timeout)
     except LaunchError as exc:  # no engine: subprocess-mode workers are stopped all the same
         engine_error, exits = exc, []
     for wid, pid, how in stopped:
@@ -99,7 +99,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         )
     engine_error: MahabharathaError | None = None
     try:
-        removed = executor.remove_containers(executor.make_client(), repo, feature)
+        removed = executor.remove_containers(executor.make_client(action="Cannot remove containers"), repo, feature)
         print(f"Removed {len(removed)} container(s){': ' + ', '.join(removed) if removed else ''}")
     except LaunchError as exc:  # no engine: still clean up the worktrees, then report
         engine_error = exc
@@ -133,7 +133,7 @@ def cmd_build_image(args: argparse.Namespace) -> int:
     buildargs = {"INSTALL_CLAUDE": "0" if args.no_claude else "1"}
     if args.base_image:
         buildargs["BASE_IMAGE"] = args.base_image
-    client = executor.make_client()
+    client = executor.make_client(action=f"Cannot build image {args.tag}")
     image_id = ensure_image(client, args.tag, buildargs=buildargs, force=True, on_output=lambda line: print(line, flush=True))
     print(f"Built {args.tag} ({image_id[:19]})")
     return 0

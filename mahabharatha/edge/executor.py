@@ -159,9 +159,9 @@ def _docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-def _engine_error(exc: BaseException) -> LaunchError:
+def _engine_error(exc: BaseException, action: str = "Failed to start container") -> LaunchError:
     return LaunchError(
-        f"Failed to start container: cannot reach the Docker engine at {_docker_host()}; start Docker "
+        f"{action}: cannot reach the Docker engine at {_docker_host()}; start Docker "
         f"or point DOCKER_HOST at a running engine ({type(exc).__name__})"
     )
 
@@ -173,8 +173,10 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return (requests.exceptions.ConnectionError, docker.errors.DockerException, ConnectionError, FileNotFoundError)
 
 
-def make_client(workers: int = 1, *, timeout: int = 120) -> Any:
+def make_client(workers: int = 1, *, timeout: int = 120, action: str = "Failed to start container") -> Any:
     """A ``docker.DockerClient`` from the environment, its connection pool sized for ``workers``.
+
+    ``action`` starts the message when the engine cannot be reached (what the user's command could not do).
 
     Each worker holds a log stream while it runs and the launch holds an event stream, so the pool is sized
     ``2 * workers + 4`` (docker-py's default of 10 would queue parallel starts). Raises :class:`LaunchError`
@@ -186,7 +188,7 @@ def make_client(workers: int = 1, *, timeout: int = 120) -> Any:
         client = docker.from_env(max_pool_size=max(10, 2 * workers + 4), timeout=timeout)
         client.ping()
     except _connection_errors() as exc:
-        raise _engine_error(exc) from None
+        raise _engine_error(exc, action) from None
     return client
 
 

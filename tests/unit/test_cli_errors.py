@@ -444,3 +444,16 @@ def test_subprocess_dry_run_does_not_pass_container_limits_off_as_applying(repo:
     assert "Subprocess mode runs workers on the host, without the container limits and mounts above" in out
     assert main(["kurukshetra", "--dry-run", "--mode", "container", "--repo", str(repo)]) == 0
     assert "Equivalent docker run commands (for debugging by hand):" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "command, action",
+    [(["stop"], "Cannot stop worker containers"), (["cleanup", "feat"], "Cannot remove containers"), (["build-image"], "Cannot build image mahabharatha-worker")],
+)
+def test_no_engine_message_says_what_the_command_could_not_do(
+    repo: Path, capsys: pytest.CaptureFixture[str], command: list[str], action: str
+) -> None:
+    args = [*command, "--repo", str(repo)] if command[0] != "build-image" else command
+    assert main(args) == 1
+    line = _one_line_error(capsys, f"{action}: cannot reach the Docker engine at unix:///nonexistent.sock")
+    assert "Failed to start container" not in line
