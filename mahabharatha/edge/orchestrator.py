@@ -27,6 +27,7 @@ import os
 import queue
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -412,7 +413,10 @@ class _FifoReader:
     """Wakes the loop on every state write (workers poke the FIFO in the state directory)."""
 
     def __init__(self, store: S.StateStore, events: queue.Queue[tuple[Any, ...]]) -> None:
-        if not os.path.exists(store.fifo_path):
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISFIFO(os.lstat(store.fifo_path).st_mode) and not os.path.isdir(store.fifo_path):
+                os.unlink(store.fifo_path)  # a plain file (copied state dir, a stray write): no wake-ups through it
+        if not os.path.lexists(store.fifo_path):
             os.mkfifo(store.fifo_path, 0o666)
         self.fd = os.open(store.fifo_path, os.O_RDWR)  # RDWR: never EOF, never blocks on open
         self.events = events

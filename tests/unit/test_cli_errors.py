@@ -457,3 +457,16 @@ def test_no_engine_message_says_what_the_command_could_not_do(
     assert main(args) == 1
     line = _one_line_error(capsys, f"{action}: cannot reach the Docker engine at unix:///nonexistent.sock")
     assert "Failed to start container" not in line
+
+
+def test_a_plain_file_where_the_state_fifo_goes_is_replaced(repo: Path) -> None:
+    import stat
+
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}')
+    (repo / ".mahabharatha").mkdir()
+    (repo / ".mahabharatha" / "config.yaml").write_text("workers:\n  agent_command: 'true'\n")
+    events = repo / ".mahabharatha" / "state" / "feat" / "events"
+    events.parent.mkdir(parents=True)
+    events.write_text("stray")  # e.g. restored from a backup that stored the FIFO as a plain file
+    assert main(["kurukshetra", "--mode", "subprocess", "--workers", "1", "--repo", str(repo)]) == 0
+    assert stat.S_ISFIFO(events.lstat().st_mode)
