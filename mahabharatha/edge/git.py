@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import WorktreeError
 
-__all__ = ["git", "git_ok", "HARDENING"]
+__all__ = ["git", "git_ok", "HARDENING", "REPO_LOCATION_VARS"]
 
 # -c options prepended to every host git command.
 HARDENING = (
@@ -24,8 +24,18 @@ HARDENING = (
 )
 
 
+# Variables that point git at another repository, work tree, index or object store (`git rev-parse
+# --local-env-vars`, without the config ones). Set in a user's shell or a git hook that runs mahabharatha, they
+# would make every `git -C <repo>` act on that other repository instead.
+REPO_LOCATION_VARS = (
+    "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_GRAFT_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE",
+    "GIT_PREFIX", "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_NAMESPACE",
+)
+
+
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in REPO_LOCATION_VARS}
     # Never let the user's global/system config inject hooks or pagers into our automation.
     env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "LC_ALL": "C"})
     return env

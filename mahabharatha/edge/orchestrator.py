@@ -45,7 +45,7 @@ from ..worker import protocol as P
 from ..worker import state as S
 from . import processes as _processes
 from . import worktrees as _worktrees
-from .git import git, git_ok
+from .git import REPO_LOCATION_VARS, git, git_ok
 
 __all__ = [
     "RunResult",
@@ -206,7 +206,7 @@ def _runtime_pythonpath(repo: str) -> str:
 
 def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, str] | None = None) -> dict[str, str]:
     """The worker's environment for subprocess mode: the plan's values with host paths for the container ones."""
-    env = dict(os.environ if base_env is None else base_env)
+    env = {k: v for k, v in (os.environ if base_env is None else base_env).items() if k not in REPO_LOCATION_VARS}
     planned = spec.env_dict()
     for key in ("HOME", "PYTHONPATH", "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"):
         planned.pop(key, None)

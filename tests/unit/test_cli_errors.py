@@ -470,3 +470,28 @@ def test_a_plain_file_where_the_state_fifo_goes_is_replaced(repo: Path) -> None:
     events.write_text("stray")  # e.g. restored from a backup that stored the FIFO as a plain file
     assert main(["kurukshetra", "--mode", "subprocess", "--workers", "1", "--repo", str(repo)]) == 0
     assert stat.S_ISFIFO(events.lstat().st_mode)
+
+
+def test_git_dir_in_the_environment_never_redirects_the_run_to_another_repository(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    _git(other, "init", "-q", "-b", "main")
+    _git(other, "commit", "-q", "--allow-empty", "-m", "other")
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text(
+        '{"feature": "feat", "tasks": [{"id": "A", "level": 1, "verification": {"command": "test -f made.txt"}}]}'
+    )
+    (repo / ".mahabharatha").mkdir()
+    (repo / ".mahabharatha" / "config.yaml").write_text("workers:\n  agent_command: 'echo x > made.txt'\n")
+    # e.g. mahabharatha started from a git hook, or a shell that exported them
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    assert main(["kurukshetra", "--mode", "subprocess", "--workers", "1", "--repo", str(repo)]) == 0
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.delenv("GIT_WORK_TREE")
+    branches = lambda r: subprocess.run(["git", "-C", str(r), "branch", "--format=%(refname:short)"], capture_output=True, text=True, check=True).stdout.split()  # noqa: E731
+    assert branches(other) == ["main"]  # untouched
+    assert "mahabharatha/feat/base" in branches(repo)
+    files = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", "mahabharatha/feat/base"], capture_output=True, text=True, check=True).stdout.split()
+    assert "made.txt" in files
