@@ -22,12 +22,18 @@ def graph_text() -> str:
 
 
 def _git(repo: Path, *args: str) -> None:
+    import os
+
+    from ..edge.git import REPO_LOCATION_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in REPO_LOCATION_VARS}  # GIT_DIR must not redirect it
     subprocess.run(
         ["git", "-C", str(repo), "-c", "core.hooksPath=/dev/null", "-c", "user.name=mahabharatha demo",
          "-c", "user.email=demo@mahabharatha.invalid", *args],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     )
 
 

@@ -495,3 +495,18 @@ def test_git_dir_in_the_environment_never_redirects_the_run_to_another_repositor
     assert "mahabharatha/feat/base" in branches(repo)
     files = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", "mahabharatha/feat/base"], capture_output=True, text=True, check=True).stdout.split()
     assert "made.txt" in files
+
+
+def test_demo_repo_is_created_where_asked_even_with_git_dir_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mahabharatha.demo import create_demo_repo
+
+    other = tmp_path / "other"
+    other.mkdir()
+    _git(other, "init", "-q", "-b", "main")
+    _git(other, "commit", "-q", "--allow-empty", "-m", "other")
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    repo = create_demo_repo(tmp_path / "demo" / "repo", image="img", workers=1)
+    monkeypatch.delenv("GIT_DIR")
+    log = lambda r: subprocess.run(["git", "-C", str(r), "log", "--format=%s"], capture_output=True, text=True, check=True).stdout.split("\n")[0]  # noqa: E731
+    assert log(other) == "other"
+    assert log(repo).startswith("demo project")
