@@ -26,7 +26,9 @@ def git(workspace: str, *args: str, check: bool = True) -> subprocess.CompletedP
     env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "LC_ALL": "C"})
     try:
         proc = subprocess.run(
-            ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", *args],
+            # Worker commits are machine commits: no hooks, and no signing (a user's commit.gpgSign=true would
+            # fail every commit, the key is not in the container).
+            ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false", *args],
             cwd=workspace,
             capture_output=True,
             text=True,

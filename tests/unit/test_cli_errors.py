@@ -510,3 +510,21 @@ def test_demo_repo_is_created_where_asked_even_with_git_dir_set(tmp_path: Path, 
     log = lambda r: subprocess.run(["git", "-C", str(r), "log", "--format=%s"], capture_output=True, text=True, check=True).stdout.split("\n")[0]  # noqa: E731
     assert log(other) == "other"
     assert log(repo).startswith("demo project")
+
+
+def test_a_repo_that_signs_commits_still_runs(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """commit.gpgSign=true (with a key the workers cannot have) must not fail every task and merge."""
+    _git(repo, "config", "commit.gpgSign", "true")
+    _git(repo, "config", "user.signingKey", "DEADBEEF00000000")
+    graph = (
+        '{"feature": "feat", "tasks": [{"id": "A", "level": 1, "files": {"create": ["a.txt"]}},'
+        ' {"id": "B", "level": 1, "files": {"create": ["b.txt"]}}]}'
+    )
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text(graph)
+    (repo / ".mahabharatha").mkdir()
+    (repo / ".mahabharatha" / "config.yaml").write_text(
+        "workers:\n  agent_command: 'echo \"$MAHABHARATHA_TASK_ID\" > \"$(echo $MAHABHARATHA_TASK_ID | tr AB ab).txt\"'\n"
+    )
+    assert main(["kurukshetra", "--mode", "subprocess", "--workers", "2", "--repo", str(repo)]) == 0, capsys.readouterr()
+    files = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", "mahabharatha/feat/base"], capture_output=True, text=True, check=True).stdout.split()
+    assert {"a.txt", "b.txt"} <= set(files)  # two workers' branches: the second merge is a real merge commit
