@@ -387,10 +387,16 @@ class ContainerLauncher:
         return self.ids.get(worker_id)
 
     def stop(self, worker_id: int) -> None:
+        """Ask the engine to stop the worker's container and return at once (like SubprocessLauncher.stop):
+        the stop takes as long as the worker needs to wind down, and its end arrives as a ``die`` event, so
+        the loop keeps merging levels and serving the other workers meanwhile."""
         cid = self.ids.get(worker_id)
         if cid:
-            with contextlib.suppress(Exception):
-                self.client.api.stop(cid, timeout=30)
+            def stop() -> None:
+                with contextlib.suppress(Exception):
+                    self.client.api.stop(cid, timeout=30)
+
+            threading.Thread(target=stop, daemon=True, name=f"mahabharatha-stop-{worker_id}").start()
 
     def stop_all(self, timeout: float = 30.0) -> None:
         self.executor.stop_workers(self.client, self.plan.repo, self.plan.feature, timeout=timeout)

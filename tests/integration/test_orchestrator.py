@@ -227,3 +227,24 @@ def test_a_container_over_its_time_is_stopped_and_its_task_fails(git_repo: Path,
     assert any("over workers.timeout_minutes=1; stopping it" in line for line in lines), lines
     assert any("exited 130" in line and "after its timeout" in line for line in lines), lines  # the container was stopped
     assert "s.txt" not in git(git_repo, "ls-tree", "-r", "--name-only", BASE)
+
+
+def test_stopping_one_container_does_not_hold_up_the_orchestrator(make_plan: Any, docker_client: Any) -> None:
+    """A timed-out worker is stopped without blocking the loop: stop() returns while the container (here one
+    that ignores SIGTERM, so the engine would wait 30 s before killing it) is still winding down."""
+    import queue
+
+    from mahabharatha.edge.orchestrator import ContainerLauncher
+
+    stubborn = ("python3", "-c", (
+        "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('MAHABHARATHA_WORKER_READY worker=' + os.environ['ZERG_WORKER_ID'], flush=True); time.sleep(600)"
+    ))
+    plan = make_plan(1, command=stubborn)
+    launcher = ContainerLauncher(plan, queue.Queue(), lambda line: None, client=docker_client)
+    try:
+        launcher.start_all()
+        launcher.stop(0)
+        assert docker_client.api.inspect_container(launcher.current(0))["State"]["Running"]
+    finally:
+        launcher.close(success=True)  # removes the container (the fixture would too)
