@@ -3,7 +3,8 @@
 Two layers, like docker-py's own ``containers.run``:
 
 - :func:`create_kwargs` is a pure translation of one planned worker into ``containers.create`` keyword
-  arguments (unit-tested without a daemon). It is the only place that calls ``Secret.reveal()``.
+  arguments (unit-tested without a daemon). Through :func:`secret_environment` it is where credentials leave
+  the plan, for the Docker API only.
 - :func:`execute` does the work, in the order users are told: check the engine, the image and the container
   names (nothing is touched when a same-named container belongs to someone else); write the planned overlay
   files; create the base branch and worktrees; remove this feature's stale containers; open the event stream;
@@ -47,6 +48,7 @@ __all__ = [
     "Launch",
     "WorkerExit",
     "create_kwargs",
+    "secret_environment",
     "make_client",
     "redactor",
     "preflight",
@@ -97,6 +99,13 @@ class WorkerExit(msgspec.Struct, frozen=True):
 # Pure translation
 
 
+def secret_environment(spec: WorkerSpec, *, reveal: bool) -> dict[str, str]:
+    """The worker's credential variables: real values only with ``reveal=True``, for handing to the process
+    that needs them (the Docker API, or a subprocess-mode worker); redacted otherwise. The one place where a
+    credential's value is handed to anything (the log redactor only uses it to find and hide it)."""
+    return {s.name: s.value.reveal() if reveal else s.value.redacted for s in spec.secret_environment}
+
+
 def create_kwargs(spec: WorkerSpec, *, reveal_secrets: bool) -> dict[str, Any]:
     """docker-py ``containers.create(**kwargs)`` arguments for one planned worker.
 
@@ -105,9 +114,7 @@ def create_kwargs(spec: WorkerSpec, *, reveal_secrets: bool) -> dict[str, Any]:
     """
     from docker.types import Mount as DockerMount
 
-    environment = spec.env_dict()
-    for secret in spec.secret_environment:
-        environment[secret.name] = secret.value.reveal() if reveal_secrets else secret.value.redacted
+    environment = {**spec.env_dict(), **secret_environment(spec, reveal=reveal_secrets)}
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "command": list(spec.command),

@@ -211,6 +211,10 @@ def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, 
     for key in ("HOME", "PYTHONPATH", "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"):
         planned.pop(key, None)
     env.update(planned)
+    # Credentials found in the repo's .env reach host workers the same way they reach containers.
+    from .executor import secret_environment
+
+    env.update(secret_environment(spec, reveal=True))
     env.update(
         {
             P.ENV_WORKSPACE: spec.worktree.path,

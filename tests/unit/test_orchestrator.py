@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mahabharatha.core.graph import load_graph
-from mahabharatha.edge.orchestrator import merge_into_base, orchestrate, settle_level
+from mahabharatha.edge.orchestrator import merge_into_base, orchestrate, settle_level, worker_env_for_host
 from mahabharatha.errors import OrchestrationError
 from mahabharatha.planning import plan
 from mahabharatha.worker import state as S
@@ -380,3 +380,13 @@ def test_secrets_in_worker_output_are_redacted_in_the_host_log(repo: Path, monke
     log = Path(p.workers[0].log_path).read_text()
     assert "agent sees sk-ant-" in log and "(redacted)" in log, log  # the line is there, the value is not
     assert key not in log and key[20:40] not in log
+
+
+def test_subprocess_workers_get_credentials_from_dotenv(repo: Path, tmp_path: Path) -> None:
+    # A key that lives only in the repo's .env must reach host workers, as it reaches containers.
+    key = "sk-ant-api03-" + "k" * 40
+    (repo / ".env").write_text(f"ANTHROPIC_API_KEY={key}\n")
+    p = plan(repo, feature="feat", workers=1, mode="subprocess", environ={}, home=tmp_path / "home")
+    env = worker_env_for_host(p, p.workers[0], base_env={})
+    assert env["ANTHROPIC_API_KEY"] == key
+    assert key not in repr(p)
