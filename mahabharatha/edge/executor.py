@@ -453,17 +453,16 @@ class _Fleet:
         with self.cond:
             return self.cond.wait_for(lambda: predicate() or self.aborted, timeout=max(0.0, deadline - time.monotonic())) and not self.aborted and predicate()
 
-    def _one(self, spec: WorkerSpec) -> WorkerHandle:
+    @contextlib.contextmanager
+    def _start_errors(self, spec: WorkerSpec) -> Iterator[None]:
+        """Engine errors while creating or starting ``spec``'s container, as the documented one-line message."""
         import docker.errors
 
-        kwargs = create_kwargs(spec, reveal_secrets=True)
-        image, command = kwargs.pop("image"), kwargs.pop("command")
         try:
-            container = self.client.containers.create(image, command, **kwargs)
+            yield
         except docker.errors.ImageNotFound:
             raise LaunchError(
-                f"Failed to start container {spec.name}: image {spec.image} not found",
-                hint=_BUILD_HINT,
+                f"Failed to start container {spec.name}: image {spec.image} not found", hint=_BUILD_HINT
             ) from None
         except docker.errors.APIError as exc:
             raise LaunchError(
@@ -471,19 +470,19 @@ class _Fleet:
             ) from None
         except _connection_errors() as exc:
             raise _engine_error(exc) from None
+
+    def _one(self, spec: WorkerSpec) -> WorkerHandle:
+        kwargs = create_kwargs(spec, reveal_secrets=True)
+        image, command = kwargs.pop("image"), kwargs.pop("command")
+        with self._start_errors(spec):
+            container = self.client.containers.create(image, command, **kwargs)
         with self.cond:
             self.created.append(container.id)
             if self.aborted:
                 raise LaunchError(f"Failed to start container {spec.name}: launch aborted")
         running_deadline = time.monotonic() + spec.ready_timeout_s
-        try:
+        with self._start_errors(spec):
             container.start()
-        except docker.errors.APIError as exc:
-            raise LaunchError(
-                f"Failed to start container {spec.name}: {self.redact(str(exc.explanation or exc))}"
-            ) from None
-        except _connection_errors() as exc:
-            raise _engine_error(exc) from None
         started_at = time.monotonic()
         logs = _LogCopy(container, spec, self.cond, self.redact)
         logs.start()
