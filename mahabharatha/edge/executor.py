@@ -259,14 +259,14 @@ def _owner_text(labels: dict[str, str]) -> str:
     return f"repo {labels.get(LABEL_REPO, '?')}, feature {labels.get(LABEL_FEATURE, '?')}"
 
 
-def _stale_containers(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> list[str]:
-    """Ids of existing containers with the planned names that belong to this repo and feature.
+def _stale_containers(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> dict[str, str]:
+    """Existing containers (name -> id) with the planned names that belong to this repo and feature.
 
     A same-named container owned by anything else makes the launch refuse (before any effect).
     """
     names = {spec.name for spec in specs}
     rows = client.api.containers(all=True, filters={"name": [f"^/{n}$" for n in sorted(names)]})
-    stale: list[str] = []
+    stale: dict[str, str] = {}
     for row in rows:
         name = next((n.lstrip("/") for n in row.get("Names") or () if n.lstrip("/") in names), None)
         if name is None:
@@ -277,7 +277,7 @@ def _stale_containers(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]
             and labels.get(LABEL_REPO) == plan.repo
             and labels.get(LABEL_FEATURE) == plan.feature
         ):
-            stale.append(row["Id"])
+            stale[name] = row["Id"]
             continue
         if labels.get(LABEL_MANAGED) == "true" and row.get("State") in ("running", "restarting"):
             # Someone's run is using it right now: cleaning it up would kill that run.
@@ -434,10 +434,13 @@ class _LogCopy(threading.Thread):
 class _Fleet:
     """Creates, starts and verifies a set of workers in parallel; cleans up everything it made on failure."""
 
-    def __init__(self, client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> None:
+    def __init__(
+        self, client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec], stale: dict[str, str] | None = None
+    ) -> None:
         self.client = client
         self.plan = plan
         self.specs = specs
+        self.stale = stale or {}  # name -> id of this feature's old container, replaced just before create
         self.cond = threading.Condition()
         self.redact = redactor(specs)
         self.created: list[str] = []
@@ -475,6 +478,8 @@ class _Fleet:
         kwargs = create_kwargs(spec, reveal_secrets=True)
         image, command = kwargs.pop("image"), kwargs.pop("command")
         with self._start_errors(spec):
+            if spec.name in self.stale:  # per worker, so removals overlap with the other workers' starts
+                _remove_ids(self.client, [self.stale[spec.name]])
             container = self.client.containers.create(image, command, **kwargs)
         with self.cond:
             self.created.append(container.id)
@@ -613,8 +618,7 @@ def execute(plan: LaunchPlan, *, client: Any = None, keep_failed: bool = False) 
         _check_images(client, specs)
         stale = _stale_containers(client, plan, specs)
     prepare = _prepare_host(plan, specs)
-    _remove_ids(client, stale)
-    handles = _Fleet(client, plan, specs).run(prepare, keep_failed=keep_failed)
+    handles = _Fleet(client, plan, specs, stale).run(prepare, keep_failed=keep_failed)
     return Launch(plan.plan_id, plan.repo, plan.feature, handles)
 
 
@@ -629,8 +633,7 @@ def start_worker(client: Any, plan: LaunchPlan, spec: WorkerSpec, *, keep_failed
         _check_images(client, [spec])
         stale = _stale_containers(client, plan, [spec])
     prepare = _prepare_host(plan, [spec])
-    _remove_ids(client, stale)
-    return _Fleet(client, plan, [spec]).run(prepare, keep_failed=keep_failed)[0]
+    return _Fleet(client, plan, [spec], stale).run(prepare, keep_failed=keep_failed)[0]
 
 
 def _exit_from(attrs: dict[str, Any], name: str = "") -> WorkerExit:
