@@ -133,6 +133,28 @@ def test_memory_kill_beyond_retries_fails_with_advice(git_repo: Path, make_plan:
     assert "raise resources.container_memory_limit (now 128m)" in error, error
 
 
+def test_memory_kill_then_the_advised_higher_limit_succeeds(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
+    # The user's path after the advice: raise the limit, `mahabharatha retry`, run again. Work already merged
+    # stays, and the task that needed more memory now fits.
+    from mahabharatha.cli import main
+
+    graph = write_graph(git_repo, [
+        task("small", 1, create=("small.txt",)),
+        task("big", 2, ("small",), create=("big.txt",), allocate_mb={"1": 300}),
+    ])
+    result, lines = run(make_plan, docker_client, graph, 1, memory="128m", retry=0)
+    assert (result.status, result.exit_code) == ("failed", 1), lines
+    assert "raise resources.container_memory_limit (now 128m)" in state_of(git_repo)["tasks"]["big"]["error"]
+    small_commit = state_of(git_repo)["tasks"]["small"]["commit"]
+
+    assert main(["retry", "--repo", str(git_repo), "--feature", "feat"]) == 0
+    again, lines2 = run(make_plan, docker_client, graph, 1, memory="768m", retry=0)
+    assert (again.status, again.exit_code) == ("done", 0), lines2
+    tasks = state_of(git_repo)["tasks"]
+    assert tasks["small"]["commit"] == small_commit and tasks["big"]["status"] == "done"
+    assert {"small.txt", "big.txt"} <= set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+
+
 def test_context_limit_restarts_the_worker(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
     graph = write_graph(git_repo, [task("A", 1, create=("a.txt",), exit={"1": 2})])
     result, lines = run(make_plan, docker_client, graph, 1)
