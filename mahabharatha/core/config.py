@@ -10,6 +10,7 @@ the field path (``workers.max_concurrent``), what was found and the expected for
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -191,13 +192,40 @@ def _error(source: str, field: str, value: object, expected: str | None = None, 
     return ConfigError(f"{source}: {field}: expected {expected}, found {_found(value)}{why}")
 
 
+@functools.cache
+def _strict_loader() -> type:
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error.
+
+    Plain YAML keeps the last value silently, so a second ``max_concurrent:`` further down would quietly
+    override the first: a mistake the user should hear about, with both lines.
+    """
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"duplicate key {key!r} (first given on line {seen[key].start_mark.line + 1}); keep one",
+                        key_node.start_mark,
+                    )
+                if isinstance(key, str):
+                    seen[key] = key_node
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
 def _parse_yaml(path: str, text: str | None) -> dict[str, Any]:
     if text is None or not text.strip():
         return {}
     import yaml  # PyYAML: imported lazily, only when there is a file to read
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

@@ -79,6 +79,8 @@ security:
         ("just text\n", ["expected a mapping", "'just text'"]),
         ("workers: [1\n", ["line 2, column 1", "invalid YAML"]),
         ("workers:\n  max_concurrent: 3\n bad: 1\n", ["line ", "invalid YAML"]),
+        ("workers:\n  max_concurrent: 3\n  max_concurrent: 9\n", ["line 3, column 3", "duplicate key 'max_concurrent'", "line 2"]),
+        ("workers: {}\nresources: {}\nworkers: {}\n", ["line 3", "duplicate key 'workers'", "line 1"]),
         ("workers:\n  max_concurrent: five\n", ["workers.max_concurrent", "whole number", "found 'five'"]),
         ("workers:\n  max_concurrent: 0\n", ["workers.max_concurrent", "found 0"]),
         ("workers:\n  max_concurrent: true\n", ["workers.max_concurrent", "found True"]),
