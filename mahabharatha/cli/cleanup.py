@@ -98,6 +98,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             hint=f"stop it first with `mahabharatha stop --feature {feature}`, then run cleanup again",
         )
     engine_error: MahabharathaError | None = None
+    removed: list[str] = []
     try:
         removed = executor.remove_containers(executor.make_client(action="Cannot remove containers"), repo, feature)
         print(f"Removed {len(removed)} container(s){': ' + ', '.join(removed) if removed else ''}")
@@ -113,6 +114,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             refused.append(path)
     worktrees.prune(repo)
     print(f"Removed {done} worktree(s) of feature {feature}; branches mahabharatha/{feature}/* are kept")
+    if not (removed or done or refused or engine_error):
+        print(_nothing_found(repo, feature))
     if not refused:
         shutil.rmtree(Path(repo) / ".mahabharatha" / "runtime" / feature, ignore_errors=True)
     if refused:
@@ -123,6 +126,17 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if engine_error is not None:
         raise engine_error
     return 0
+
+
+def _nothing_found(repo: str, feature: str) -> str:
+    """Cleanup found nothing: likely a mistyped feature, so name the ones this repo has."""
+    from ..edge.git import git
+
+    refs = git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/mahabharatha/", check=False)
+    known = sorted({ref.split("/")[1] for ref in refs.splitlines() if ref.count("/") >= 2})
+    if feature in known:
+        return f"Nothing else to clean up for feature {feature}"
+    return f"Nothing to clean up for feature {feature}; features with branches here: {', '.join(known) or 'none'}"
 
 
 def cmd_build_image(args: argparse.Namespace) -> int:

@@ -73,3 +73,16 @@ def test_build_image_reports_missing_base(docker_client: Any, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert err.startswith("mahabharatha: error: Building image mahabharatha-test-never-built:x from ")
     assert "mahabharatha-no-such-base" in err and "Traceback" not in err
+
+
+def test_cleanup_of_an_unknown_feature_names_the_known_ones(
+    docker_client: Any, make_plan: Callable[..., LaunchPlan], git_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = make_plan(1)
+    from mahabharatha.edge.worktrees import ensure_worktrees
+
+    ensure_worktrees(git_repo, plan.base_branch, plan.worktrees)  # feature "feat" has branches now
+    assert main(["cleanup", "faet", "--repo", str(git_repo)]) == 0
+    assert "Nothing to clean up for feature faet; features with branches here: feat" in capsys.readouterr().out
+    assert main(["cleanup", plan.feature, "--repo", str(git_repo)]) == 0
+    assert "Nothing" not in capsys.readouterr().out  # it removed the worktree
