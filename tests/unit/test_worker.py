@@ -64,6 +64,19 @@ def _start(p: Any, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def _start_until_claimed(p: Any, env: dict[str, str], store: Any, task_id: str) -> tuple[subprocess.Popen[str], float]:
+    """Start the worker, check its ready line, and wait until it has claimed ``task_id``; returns the process
+    and the deadline (30 s from start) the caller may keep using."""
+    proc = _start(p, env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == P.ready_line(0)
+    deadline = time.monotonic() + 30
+    while (store.read() or {})["tasks"][task_id]["status"] != "claimed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc, deadline
+
+
 def test_wrong_branch_is_exit_1_before_the_ready_line(setup) -> None:
     p, env, _ = setup([_task("A")])
     git(Path(p.workers[0].worktree.path), "switch", "-q", "-c", "elsewhere")
@@ -86,13 +99,7 @@ def test_context_limit_exits_2_and_leaves_the_task_claimable(setup) -> None:
 
 def test_stop_signal_exits_130_and_releases_the_task(setup) -> None:
     p, env, store = setup([_task("A", sleep=60)])
-    proc = _start(p, env)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == P.ready_line(0)
-    deadline = time.monotonic() + 30
-    while (store.read() or {})["tasks"]["A"]["status"] != "claimed":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    proc, deadline = _start_until_claimed(p, env, store, "A")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == P.EXIT_STOPPED, out
@@ -105,13 +112,7 @@ def test_repeated_stop_signals_still_exit_130(setup) -> None:
     """Two stoppers at once (the orchestrator and `mahabharatha stop`) send SIGTERM twice: one arriving while
     the interpreter shuts down must not turn the worker's 130 into a default-handler death (143)."""
     p, env, store = setup([_task("A", sleep=60)])
-    proc = _start(p, env)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == P.ready_line(0)
-    deadline = time.monotonic() + 30
-    while (store.read() or {})["tasks"]["A"]["status"] != "claimed":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    proc, deadline = _start_until_claimed(p, env, store, "A")
     while proc.poll() is None:  # keep signalling until it is gone
         assert time.monotonic() < deadline
         proc.send_signal(signal.SIGTERM)
