@@ -221,9 +221,10 @@ def test_two_tasks_writing_one_file_are_rejected_before_launch(git_repo: Path, c
 
 
 def test_a_broken_event_stream_does_not_hang_the_run(git_repo: Path, make_plan: Any, docker_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mahabharatha.edge.launchers as launchers
     import mahabharatha.edge.orchestrator as orchestrator
 
-    monkeypatch.setattr(orchestrator.ContainerLauncher, "_read_events", lambda self: None)  # no die events at all
+    monkeypatch.setattr(launchers.ContainerLauncher, "_read_events", lambda self: None)  # no die events at all
     monkeypatch.setattr(orchestrator, "_WAKE_S", 0.2)
     graph = write_graph(git_repo, [task("A", 1, create=("a.txt",), exit={"1": 2}), task("B", 2, ("A",), create=("b.txt",))])
     result, lines = run(make_plan, docker_client, graph, 1)
@@ -256,7 +257,7 @@ def test_stopping_one_container_does_not_hold_up_the_orchestrator(make_plan: Any
     that ignores SIGTERM, so the engine would wait 30 s before killing it) is still winding down."""
     import queue
 
-    from mahabharatha.edge.orchestrator import ContainerLauncher
+    from mahabharatha.edge.launchers import ContainerLauncher
 
     stubborn = ("python3", "-c", (
         "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from mahabharatha.core.graph import load_graph
-from mahabharatha.edge.orchestrator import merge_into_base, orchestrate, settle_level, worker_env_for_host
+from mahabharatha.edge.launchers import worker_env_for_host
+from mahabharatha.edge.orchestrator import merge_into_base, orchestrate, settle_level
 from mahabharatha.errors import OrchestrationError
 from mahabharatha.planning import plan
 from mahabharatha.worker import state as S
@@ -337,7 +338,8 @@ def test_stop_reaches_workers_whose_orchestrator_is_gone(repo: Path, capsys: pyt
     import queue
 
     from mahabharatha.cli import main
-    from mahabharatha.edge.orchestrator import SubprocessLauncher, init_state
+    from mahabharatha.edge.launchers import SubprocessLauncher
+    from mahabharatha.edge.orchestrator import init_state
 
     p, g = _setup(repo, STOP_GRAPH[1:2], workers=1)
     store = S.StateStore(p.state_dir, "feat")

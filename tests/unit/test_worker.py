@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mahabharatha.edge.orchestrator import worker_env_for_host
+from mahabharatha.edge.launchers import worker_env_for_host
 from mahabharatha.edge.worktrees import ensure_worktrees
 from mahabharatha.planning import plan
 from mahabharatha.worker import protocol as P
