@@ -19,7 +19,7 @@ from .core.model import LaunchPlan
 from .core.plan import build_plan
 from .errors import ConfigError
 
-__all__ = ["plan", "find_repo_root", "CURRENT_FEATURE_RELPATH"]
+__all__ = ["plan", "find_repo_root", "resolve_feature", "CURRENT_FEATURE_RELPATH"]
 
 CURRENT_FEATURE_RELPATH = ".gsd/.current-feature"
 
@@ -53,10 +53,7 @@ def plan(
         {**(overrides or {}), "workers.launcher_type": mode} if mode is not None else dict(overrides or {}),
         override_sources={"workers.launcher_type": "--mode"},
     )
-    if feature is None:
-        feature = _current_feature(root)
-    else:
-        validate_feature(feature, "--feature")
+    feature = resolve_feature(root, feature)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"--workers: expected a whole number >= 1, found {workers!r}")
 
@@ -118,7 +115,11 @@ def _read_optional(path: Path) -> str | None:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
 
 
-def _current_feature(root: Path) -> str:
+def resolve_feature(root: Path, feature: str | None) -> str:
+    """The feature a command is about: ``feature`` (from ``--feature``) when given, else the name in
+    ``<root>/.gsd/.current-feature``; validated either way (ConfigError naming the flag or the file)."""
+    if feature is not None:
+        return validate_feature(feature, "--feature")
     path = root / CURRENT_FEATURE_RELPATH
     text = _read_optional(path)
     name = (text or "").strip()

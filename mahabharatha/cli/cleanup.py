@@ -11,35 +11,18 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ..errors import ConfigError, LaunchError, MahabharathaError, WorktreeError
+from ..errors import LaunchError, MahabharathaError, WorktreeError
 
 __all__ = ["cmd_stop", "cmd_cleanup", "cmd_build_image"]
-
-
-def _repo_root(path: str) -> str:
-    """The main checkout's root, resolved exactly as the planner does (container labels carry it)."""
-    from ..planning import find_repo_root
-
-    return str(find_repo_root(path))
-
-
-def _feature(repo: str, given: str | None) -> str:
-    from ..core.config import validate_feature
-
-    if given:
-        return validate_feature(given, "--feature")
-    current = Path(repo) / ".gsd" / ".current-feature"
-    if current.is_file() and current.read_text().strip():
-        return validate_feature(current.read_text().strip(), str(current))
-    raise ConfigError(f"No feature given and {current} does not exist", hint="pass --feature NAME")
 
 
 def _request_stop(repo: str, feature: str) -> bool:
     """Mark a running run "stopped" in its state: the orchestrator (woken by the state write) stops its
     workers, and idle workers exit 130 on their own. True when there was a running run to stop."""
     from ..worker import state as S
+    from .ops import state_store
 
-    store = S.StateStore(f"{repo}/.mahabharatha/state", feature)
+    store = state_store(repo, feature)
     if not store.exists():
         return False
     with store.transaction() as data:
@@ -57,12 +40,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
     stops its own workers too and ends with exit 130; `mahabharatha kurukshetra` resumes it.
     """
     from ..edge import executor, processes
-    from ..worker import state as S
+    from .ops import repo_feature, state_store
 
-    repo = _repo_root(args.repo)
-    feature = _feature(repo, args.feature)
+    repo, feature = repo_feature(args)
     requested = _request_stop(repo, feature)
-    stopped = processes.stop_recorded(S.StateStore(f"{repo}/.mahabharatha/state", feature), timeout=args.timeout)
+    stopped = processes.stop_recorded(state_store(repo, feature), timeout=args.timeout)
     engine_error: LaunchError | None = None
     try:
         exits = executor.stop_workers(executor.make_client(action="Cannot stop worker containers"), repo, feature, timeout=args.timeout)
@@ -87,10 +69,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove the feature's containers and worktrees; refuse (naming them) worktrees with uncommitted work."""
     from ..edge import executor, worktrees
-    from .ops import run_in_progress
+    from .ops import repo_feature, run_in_progress
 
-    repo = _repo_root(args.repo)
-    feature = _feature(repo, args.feature)
+    repo, feature = repo_feature(args)
     if run_in_progress(repo, feature):
         # Removing a live run's containers and worktrees kills its workers mid-task and breaks its restarts.
         raise MahabharathaError(

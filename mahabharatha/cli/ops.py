@@ -20,30 +20,35 @@ from typing import Any
 from ..errors import ConfigError, MahabharathaError
 from ..worker import state as S
 
-__all__ = ["cmd_status", "cmd_logs", "cmd_retry", "cmd_install_commands", "container_rows"]
+__all__ = [
+    "cmd_status",
+    "cmd_logs",
+    "cmd_retry",
+    "cmd_install_commands",
+    "container_rows",
+    "repo_feature",
+    "state_store",
+    "run_in_progress",
+]
 
 
-def _repo_feature(args: argparse.Namespace) -> tuple[str, str]:
-    from ..core.config import validate_feature
-    from ..planning import CURRENT_FEATURE_RELPATH, find_repo_root
+def repo_feature(args: argparse.Namespace) -> tuple[str, str]:
+    """The repository root (``--repo``) and feature (``--feature``, else ``.gsd/.current-feature``) a command
+    is about, resolved exactly as the planner does (container labels and state paths carry them)."""
+    from ..planning import find_repo_root, resolve_feature
 
-    repo = find_repo_root(getattr(args, "repo", "."))
-    feature = getattr(args, "feature", None)
-    if feature:
-        return str(repo), validate_feature(feature, "--feature")
-    current = repo / CURRENT_FEATURE_RELPATH
-    name = current.read_text().strip() if current.is_file() else ""
-    if not name:
-        raise ConfigError(f"{current}: no feature selected", hint="pass --feature NAME")
-    return str(repo), validate_feature(name, str(current))
+    root = find_repo_root(getattr(args, "repo", "."))
+    return str(root), resolve_feature(root, getattr(args, "feature", None) or None)
 
 
-def _store(repo: str, feature: str) -> S.StateStore:
-    return S.StateStore(f"{repo}/.mahabharatha/state", feature)
+def state_store(repo: str, feature: str) -> S.StateStore:
+    from ..core.plan import state_dir
+
+    return S.StateStore(state_dir(repo), feature)
 
 
 def _read_state(repo: str, feature: str) -> dict[str, Any]:
-    data = _store(repo, feature).read()
+    data = state_store(repo, feature).read()
     if data is None:
         raise MahabharathaError(
             f"no run state for feature {feature!r} in {repo}", hint="start one with `mahabharatha kurukshetra`"
@@ -101,7 +106,7 @@ def _usage(client: Any, cid: str) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    repo, feature = _repo_feature(args)
+    repo, feature = repo_feature(args)
     data = _read_state(repo, feature)
     containers = container_rows(repo, feature)
     if getattr(args, "json", False):
@@ -139,7 +144,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _log_files(repo: str, worker: str | None) -> list[Path]:
-    logs = Path(repo) / ".mahabharatha" / "logs" / "workers"
+    from ..core.plan import log_dir
+
+    logs = Path(log_dir(repo))
     if worker is not None:
         if not worker.isdigit():
             raise ConfigError(f"logs: WORKER must be a worker id (0, 1, ...), got {worker!r}")
@@ -156,7 +163,7 @@ def _log_files(repo: str, worker: str | None) -> list[Path]:
 def run_in_progress(repo: str, feature: str) -> bool:
     """True while a ``kurukshetra`` holds the feature's orchestrator lock. Only that process (container mode:
     its log copiers; subprocess mode: its workers) writes the host log files, so following stops with it."""
-    path = os.path.join(_store(repo, feature).dir, "orchestrator.lock")
+    path = state_store(repo, feature).run_lock_path
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -173,8 +180,8 @@ def run_in_progress(repo: str, feature: str) -> bool:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    repo, feature = _repo_feature(args)
-    if getattr(args, "feature", None) and not _store(repo, feature).exists():
+    repo, feature = repo_feature(args)
+    if getattr(args, "feature", None) and not state_store(repo, feature).exists():
         # The log files are per repository (worker-N.stdout.log): never show another feature's output as this one's.
         raise MahabharathaError(
             f"no run of feature {feature!r} in {repo}, so no logs for it",
@@ -219,8 +226,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """Put failed and blocked tasks (or one TASK) back to pending so the next run (or the running one) takes them."""
-    repo, feature = _repo_feature(args)
-    store = _store(repo, feature)
+    repo, feature = repo_feature(args)
+    store = state_store(repo, feature)
     _read_state(repo, feature)
     wanted = getattr(args, "task", None)
     with store.transaction() as data:

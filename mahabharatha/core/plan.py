@@ -49,6 +49,8 @@ __all__ = [
     "worker_branch",
     "base_branch",
     "overlay_dir",
+    "state_dir",
+    "log_dir",
     "WORKER_COMMAND",
     "PLAN_ID_LENGTH",
 ]
@@ -82,6 +84,16 @@ def worker_branch(feature: str, worker_id: int) -> str:
 
 def base_branch(feature: str) -> str:
     return f"mahabharatha/{feature}/base"
+
+
+def state_dir(repo: str) -> str:
+    """Host directory of the shared run state (every feature's, one subdirectory each)."""
+    return f"{repo}/.mahabharatha/state"
+
+
+def log_dir(repo: str) -> str:
+    """Host directory of the workers' stdout logs."""
+    return f"{repo}/.mahabharatha/logs/workers"
 
 
 def overlay_dir(repo: str, feature: str, worker_id: int) -> str:
@@ -137,14 +149,14 @@ def build_plan(
     all_notices.extend(_auth_notices(auth, secrets, count, repo))
 
     base = base_branch(feature)
-    state_dir = f"{repo}/.mahabharatha/state"
-    log_dir = f"{repo}/.mahabharatha/logs/workers"
+    shared_state_dir = state_dir(repo)
+    workers_log_dir = log_dir(repo)
     git_dir = f"{repo}/.git"
     spec_dir = f"{REPO_GSD}/specs/{feature}"
 
     # Built once, shared by every worker.
     shared_mounts_mid = (
-        Mount(source=state_dir, target=P.STATE_MOUNT, read_only=False),
+        Mount(source=shared_state_dir, target=P.STATE_MOUNT, read_only=False),
         Mount(source=git_dir, target=P.GIT_MAIN_DIR, read_only=False),
         Mount(source=f"{git_dir}/hooks", target=f"{P.GIT_MAIN_DIR}/hooks", read_only=True),
         Mount(source=f"{git_dir}/config", target=f"{P.GIT_MAIN_DIR}/config", read_only=True),
@@ -264,7 +276,7 @@ def build_plan(
                     PlannedFile(path=gitdir, content=GITDIR_CONTENT),
                     PlannedFile(path=f"{overlay}/exclude", content=EXCLUDE_CONTENT),
                 ),
-                log_path=f"{log_dir}/worker-{n}.stdout.log",
+                log_path=f"{workers_log_dir}/worker-{n}.stdout.log",
             )
         )
 
@@ -276,8 +288,8 @@ def build_plan(
         image=r.container_image,
         container_prefix=w.container_prefix,
         base_branch=base,
-        state_dir=state_dir,
-        log_dir=log_dir,
+        state_dir=shared_state_dir,
+        log_dir=workers_log_dir,
         config_path=config_path,
         requested_workers=requested_workers,
         workers=tuple(specs),

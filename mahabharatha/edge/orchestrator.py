@@ -371,7 +371,7 @@ class _Run:
     # -- main ----------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         os.makedirs(self.store.dir, exist_ok=True)
-        lock_fd = os.open(os.path.join(self.store.dir, "orchestrator.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        lock_fd = os.open(self.store.run_lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

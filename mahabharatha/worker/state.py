@@ -100,6 +100,8 @@ class StateStore:
         self.dir = os.path.join(state_dir, feature)
         self.path = os.path.join(self.dir, "state.json")
         self.lock_path = os.path.join(self.dir, "lock")
+        # Held (flock) by the one orchestrator driving this feature; others probe it to tell a live run.
+        self.run_lock_path = os.path.join(self.dir, "orchestrator.lock")
         # A FIFO the orchestrator reads: every write pokes it, so the host wakes on state changes without
         # polling (FIFOs work across bind mounts: one kernel). Missing or unread: the poke is skipped.
         self.fifo_path = os.path.join(self.dir, "events")

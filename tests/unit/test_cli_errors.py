@@ -528,3 +528,14 @@ def test_a_repo_that_signs_commits_still_runs(repo: Path, capsys: pytest.Capture
     assert main(["kurukshetra", "--mode", "subprocess", "--workers", "2", "--repo", str(repo)]) == 0, capsys.readouterr()
     files = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", "mahabharatha/feat/base"], capture_output=True, text=True, check=True).stdout.split()
     assert {"a.txt", "b.txt"} <= set(files)  # two workers' branches: the second merge is a real merge commit
+
+
+@pytest.mark.parametrize("command", [["status"], ["logs"], ["retry"], ["stop"]])
+def test_every_command_resolves_the_current_feature_like_the_planner(
+    repo: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # One resolver (planning.resolve_feature) for every command: an undecodable file is the same one-line
+    # error everywhere, naming the file, not a decode crash in some commands.
+    (repo / ".gsd" / ".current-feature").write_bytes(b"\xff\xfe")
+    assert main([*command, "--repo", str(repo)]) == 2
+    _one_line_error(capsys, ".gsd/.current-feature: is not UTF-8 text")
