@@ -91,6 +91,7 @@ def _dirty_worktree_notes(launch_plan: Any) -> list[str]:
     start clean (never lost, never mixed into a task's commit). Say where, since the worktree will not show
     them any more."""
     from ..edge.worktrees import uncommitted_changes
+    from ..worker.protocol import interrupted_ref_prefix
 
     notes = []
     for spec in launch_plan.workers:
@@ -103,7 +104,7 @@ def _dirty_worktree_notes(launch_plan: Any) -> list[str]:
             continue
         if changes:
             shown = ", ".join(c[3:] for c in changes[:3]) + (" …" if len(changes) > 3 else "")
-            ref = f"refs/mahabharatha/interrupted/{launch_plan.feature}/worker-{spec.worker_id}-*"
+            ref = interrupted_ref_prefix(launch_plan.feature, spec.worker_id) + "*"
             notes.append(
                 f"worktree {path} has uncommitted changes ({shown}); worker {spec.worker_id} keeps them on {ref} "
                 f"and starts clean (`git log -p --glob='{ref}'` shows them)"

@@ -201,11 +201,10 @@ class Worker:
             os.unlink(task_json)
         title = task.get("title") or task_id
         if error:
-            parked = gitsetup.park_failed_work(
-                self.workspace, f"refs/mahabharatha/failed/{self.feature}/{task_id}", f"{task_id} (failed): {title}"
-            )
+            failed_ref = P.failed_ref(self.feature, task_id)
+            parked = gitsetup.park_failed_work(self.workspace, failed_ref, f"{task_id} (failed): {title}")
             if parked:
-                error += f" (work kept at refs/mahabharatha/failed/{self.feature}/{task_id})"
+                error += f" (work kept at {failed_ref})"
             with self.store.transaction() as data:
                 if self.owns(data, task_id):
                     S.finish_task(data, task_id, S.FAILED, error=error)
@@ -240,12 +239,12 @@ class Worker:
         # own (never lost, never mixed into the next task's commit), and start from a clean branch.
         parked = gitsetup.park_failed_work(
             self.workspace,
-            f"refs/mahabharatha/interrupted/{self.feature}/worker-{self.worker_id}-{int(time.time())}",
+            f"{P.interrupted_ref_prefix(self.feature, self.worker_id)}{int(time.time())}",
             f"interrupted work of worker {self.worker_id} (uncommitted when it stopped)",
         )
         if parked:
             say(f"[worker {self.worker_id}] kept uncommitted leftovers of an interrupted task at {parked[:10]} "
-                f"(refs/mahabharatha/interrupted/{self.feature}/)")
+                f"({P.interrupted_ref_prefix(self.feature, self.worker_id)}*)")
         if not self.store.exists():
             say(f"[worker {self.worker_id}] no state at {self.store.path}: the orchestrator starts workers")
             return P.EXIT_ERROR

@@ -42,6 +42,17 @@ def ready_line(worker_id: int) -> str:
     return f"{READY_MARKER} worker={worker_id}"
 
 
+# Refs where work that must not be merged is kept (never lost): a failed task's work, and uncommitted
+# leftovers a worker finds when it starts again after being stopped or killed mid-task.
+def failed_ref(feature: str, task_id: str) -> str:
+    return f"refs/mahabharatha/failed/{feature}/{task_id}"
+
+
+def interrupted_ref_prefix(feature: str, worker_id: int) -> str:
+    """Leftovers are kept at this prefix plus the time they were found (``...-<unix seconds>``)."""
+    return f"refs/mahabharatha/interrupted/{feature}/worker-{worker_id}-"
+
+
 # Paths inside the container.
 WORKSPACE = "/workspace"
 STATE_MOUNT = "/workspace/.mahabharatha/state"  # <repo>/.mahabharatha/state on the host
