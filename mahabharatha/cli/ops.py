@@ -241,9 +241,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         if reset and data["status"] in S.FINAL:
             data["status"] = S.RUNNING
             data["message"] = ""
-        pending = sorted(t["level"] for t in data["tasks"].values() if t["status"] == S.PENDING)
-        if pending and pending[0] < data["level"]:
-            data["level"] = pending[0]
+        S.rewind_to_pending(data)
     if not reset:
         print("Nothing to retry" + (f": {wanted} is being worked on" if wanted else ": no failed or blocked tasks"))
         return 0

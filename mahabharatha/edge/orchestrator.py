@@ -82,7 +82,7 @@ def init_state(store: S.StateStore, graph: TaskGraph) -> tuple[dict[str, Any], b
         known = data["tasks"]
         for t in graph.tasks:  # tasks added to the graph since: pending; levels follow the graph
             if t.id not in known:
-                known[t.id] = {"level": t.level, "status": S.PENDING, "worker": None, "attempts": 0, "commit": "", "error": ""}
+                known[t.id] = S.new_task(t.level)
             known[t.id]["level"] = t.level
         for tid in [tid for tid in known if tid not in {t.id for t in graph.tasks}]:
             del known[tid]
@@ -97,9 +97,7 @@ def init_state(store: S.StateStore, graph: TaskGraph) -> tuple[dict[str, Any], b
         if data["status"] != "done" or any(t["status"] == S.PENDING for t in known.values()):
             data["status"] = S.RUNNING
             data["message"] = ""
-            pending = sorted(t["level"] for t in known.values() if t["status"] == S.PENDING)
-            if pending and pending[0] < data["level"]:
-                data["level"] = pending[0]
+            S.rewind_to_pending(data)
         snapshot = dict(data)
     return snapshot, True
 

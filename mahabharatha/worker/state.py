@@ -46,6 +46,8 @@ __all__ = [
     "StateStore",
     "StateError",
     "new_state",
+    "new_task",
+    "rewind_to_pending",
     "claim_next",
     "finish_task",
     "release_worker",
@@ -60,6 +62,8 @@ FINAL = frozenset({"done", "blocked", "failed", "stopped"})  # run statuses afte
 
 
 _TASK_STATUSES = frozenset({PENDING, CLAIMED, DONE, FAILED, BLOCKED})
+# A task record's fields beside its level and status, with the values of a task never attempted.
+_TASK_DEFAULTS: dict[str, Any] = {"worker": None, "attempts": 0, "commit": "", "error": ""}
 
 
 class StateError(ValueError):
@@ -88,7 +92,7 @@ def _check(path: str, data: Any) -> dict[str, Any]:
             raise StateError(path, f"task {tid!r}: field 'level' is missing or not a whole number")
         if task.get("status") not in _TASK_STATUSES:
             raise StateError(path, f"task {tid!r}: field 'status' is {task.get('status')!r}")
-        for key, default in (("worker", None), ("attempts", 0), ("commit", ""), ("error", "")):
+        for key, default in _TASK_DEFAULTS.items():
             task.setdefault(key, default)
     return data
 
@@ -199,23 +203,19 @@ class StateStore:
             return -1
         return int((data or {}).get("seq", 0))
 
-    def mtime_ns(self) -> int:
-        try:
-            return os.stat(self.path).st_mtime_ns
-        except FileNotFoundError:
-            return 0
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Operations on the document (pure functions of the dict; call them inside a transaction)
 
 
+def new_task(level: int) -> dict[str, Any]:
+    """A task record as a fresh run has it: pending, never attempted."""
+    return {"level": level, "status": PENDING, **_TASK_DEFAULTS}
+
+
 def new_state(feature: str, tasks: Iterable[tuple[str, int]]) -> dict[str, Any]:
     """A fresh run: every task pending, the lowest level current."""
-    table = {
-        tid: {"level": level, "status": PENDING, "worker": None, "attempts": 0, "commit": "", "error": ""}
-        for tid, level in tasks
-    }
+    table = {tid: new_task(level) for tid, level in tasks}
     levels = sorted({t["level"] for t in table.values()})
     return {
         "version": VERSION,
@@ -257,6 +257,14 @@ def release_worker(data: dict[str, Any], worker_id: int, *, status: str = PENDIN
                 task["worker"] = None
             released.append(tid)
     return released
+
+
+def rewind_to_pending(data: dict[str, Any]) -> None:
+    """After tasks went back to pending (a resume, a retry): when the lowest level holding pending tasks lies
+    below the current one, make it current again (workers only take tasks of the current level)."""
+    pending = [t["level"] for t in data["tasks"].values() if t["status"] == PENDING]
+    if pending and min(pending) < data["level"]:
+        data["level"] = min(pending)
 
 
 def level_settled(data: dict[str, Any], level: int) -> bool:
