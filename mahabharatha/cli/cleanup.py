@@ -26,10 +26,7 @@ def _request_stop(repo: str, feature: str) -> bool:
     if not store.exists():
         return False
     with store.transaction() as data:
-        if data.get("status") != S.RUNNING:
-            return False
-        data.update(status="stopped", message="stopped by `mahabharatha stop`; run again to resume")
-    return True
+        return S.mark_stopped(data, "stopped by `mahabharatha stop`; run again to resume")
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import os
 import queue
-import shutil
 import signal
 import stat
 import threading
@@ -329,9 +328,7 @@ class _Run:
             self._log(f"worker {wid} stopped (exit 130): stopping the run; run kurukshetra again to resume")
             with self.store.transaction() as d:
                 S.release_worker(d, wid)
-                if d["status"] == S.RUNNING:
-                    d["status"] = "stopped"
-                    d["message"] = "stopped by signal; run again to resume"
+                S.mark_stopped(d, "stopped by signal; run again to resume")
             return
         elif code == P.EXIT_BLOCKED:
             self._log(f"worker {wid} reports all remaining tasks blocked (exit 3)")
@@ -414,8 +411,7 @@ class _Run:
             self.stopping = True
             with contextlib.suppress(Exception):
                 with self.store.transaction() as d:
-                    if d["status"] == S.RUNNING:
-                        d.update(status="stopped", message="interrupted; run again to resume")
+                    S.mark_stopped(d, "interrupted; run again to resume")
             if self.launcher is not None:
                 self.launcher.stop_all()
             self._release_claims()
@@ -424,8 +420,7 @@ class _Run:
             # that will not come. Stop it, record why, and let the error reach the caller.
             with contextlib.suppress(Exception):
                 with self.store.transaction() as d:
-                    if d["status"] == S.RUNNING:
-                        d.update(status="stopped", message=_clip(f"orchestrator stopped: {exc}", 500))
+                    S.mark_stopped(d, _clip(f"orchestrator stopped: {exc}", 500))
             if self.launcher is not None:
                 try:
                     self.launcher.stop_all()
@@ -564,8 +559,6 @@ def orchestrate(
         def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None]) -> Any:
             return ContainerLauncher(p, events, o, client=client, keep_failed=keep_failed)
     else:
-        if shutil.which("git") is None:
-            raise OrchestrationError("subprocess mode needs git on the host")
         factory = SubprocessLauncher
     try:
         return _Run(plan, graph, out, factory).run()

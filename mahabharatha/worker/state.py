@@ -51,6 +51,7 @@ __all__ = [
     "claim_next",
     "finish_task",
     "release_worker",
+    "mark_stopped",
     "level_settled",
     "summary",
 ]
@@ -257,6 +258,15 @@ def release_worker(data: dict[str, Any], worker_id: int, *, status: str = PENDIN
                 task["worker"] = None
             released.append(tid)
     return released
+
+
+def mark_stopped(data: dict[str, Any], message: str) -> bool:
+    """A running run becomes "stopped" (its workers then exit 130; the next ``kurukshetra`` resumes it). A run
+    that already ended keeps its status. Returns whether it was running."""
+    if data.get("status") != RUNNING:
+        return False
+    data.update(status="stopped", message=message)
+    return True
 
 
 def rewind_to_pending(data: dict[str, Any]) -> None:
