@@ -49,6 +49,7 @@ __all__ = [
     "WorkerExit",
     "create_kwargs",
     "secret_environment",
+    "watch_feature_events",
     "make_client",
     "redactor",
     "preflight",
@@ -343,35 +344,53 @@ def _remove_ids(client: Any, ids: Iterable[str]) -> None:
 # Starting and watching
 
 
-class _Events:
-    """The engine's container events for one repo+feature, read by a background thread.
+def watch_feature_events(
+    client: Any,
+    repo: str,
+    feature: str,
+    handle: Callable[[str, str, dict[str, str]], None],
+    *,
+    actions: Sequence[str] = (),
+    name: str = "mahabharatha-events",
+) -> Any:
+    """Feed the engine's events for one repo+feature's containers to ``handle(container_id, action, labels)``
+    on a daemon thread; ``actions`` (e.g. ``("die",)``) narrows them. Open it *before* starting containers so
+    no event is missed. Returns the stream: its ``close()``, from any thread, ends the watch.
 
-    Opened *before* any container starts so no event is missed; ``close()`` ends the stream from another
-    thread.
+    Reads ``Actor.ID``/``Action`` (newer engines dropped ``id``/``status``, older ones may lack ``Actor``).
     """
+    filters: dict[str, Any] = {"type": "container", "label": [f"{LABEL_REPO}={repo}", f"{LABEL_FEATURE}={feature}"]}
+    if actions:
+        filters["event"] = list(actions)
+    stream = client.events(decode=True, filters=filters)
 
-    def __init__(self, client: Any, repo: str, feature: str, cond: threading.Condition) -> None:
-        self._cond = cond
-        self.actions: dict[str, list[str]] = collections.defaultdict(list)
-        self._stream = client.events(
-            decode=True,
-            filters={"type": "container", "label": [f"{LABEL_REPO}={repo}", f"{LABEL_FEATURE}={feature}"]},
-        )
-        self._thread = threading.Thread(target=self._run, name="mahabharatha-events", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
+    def run() -> None:
         try:
-            for event in self._stream:
+            for event in stream:
                 actor = event.get("Actor") or {}
                 cid = actor.get("ID") or event.get("id")
                 action = (event.get("Action") or event.get("status") or "").split(":", 1)[0]
                 if cid and action:
-                    with self._cond:
-                        self.actions[cid].append(action)
-                        self._cond.notify_all()
+                    handle(cid, action, actor.get("Attributes") or {})
         except Exception:  # noqa: BLE001 - closing the stream from another thread ends iteration with an error
             pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return stream
+
+
+class _Events:
+    """Which actions the engine reported for each container of one repo+feature (a launch waits on these)."""
+
+    def __init__(self, client: Any, repo: str, feature: str, cond: threading.Condition) -> None:
+        self._cond = cond
+        self.actions: dict[str, list[str]] = collections.defaultdict(list)
+        self._stream = watch_feature_events(client, repo, feature, self._record)
+
+    def _record(self, cid: str, action: str, _labels: dict[str, str]) -> None:
+        with self._cond:
+            self.actions[cid].append(action)
+            self._cond.notify_all()
 
     def seen(self, cid: str, *actions: str) -> bool:
         return any(a in actions for a in self.actions.get(cid, ()))

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..core.model import LABEL_FEATURE, LABEL_REPO, LABEL_WORKER, LaunchPlan, WorkerSpec
+from ..core.model import LABEL_WORKER, LaunchPlan, WorkerSpec
 from ..worker import protocol as P
 from ..worker import state as S
 from . import processes as _processes
@@ -84,6 +84,11 @@ def _copy_log(stream: Any, path: str, redact: Callable[[str], str]) -> None:
             out.flush()
 
 
+def _as_exit_status(returncode: int) -> int:
+    """A host process's return code as a container reports it: killed by signal N is 128 + N (not -N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 class SubprocessLauncher:
     """Workers as host processes (``workers.launcher_type: subprocess``): same runtime, host paths."""
 
@@ -122,9 +127,7 @@ class SubprocessLauncher:
             # Its output is in the log before its exit is reported (bounded: a leftover grandchild of the
             # agent may still hold the pipe open).
             copier.join(timeout=5)
-            if code < 0:  # killed by a signal: report like a container would (128 + signal)
-                code = 128 - code
-            self.events.put(("exit", spec.worker_id, code, False, proc.pid))
+            self.events.put(("exit", spec.worker_id, _as_exit_status(code), False, proc.pid))
 
         threading.Thread(target=wait, daemon=True, name=f"mahabharatha-wait-{spec.worker_id}").start()
 
@@ -162,8 +165,7 @@ class SubprocessLauncher:
         for wid, pid in alive.items():
             proc = self.procs.get(wid)
             if proc is not None and proc.pid == pid and proc.poll() is not None:
-                code = proc.returncode
-                out.append((wid, 128 - code if code < 0 else code, False))
+                out.append((wid, _as_exit_status(proc.returncode), False))
         return out
 
     def close(self, *, success: bool) -> None:
@@ -183,27 +185,17 @@ class ContainerLauncher:
         self.keep_failed = keep_failed
         self.client = client if client is not None else executor.make_client(workers=len(plan.workers))
         self.ids: dict[int, str] = {}
-        self._stream = self.client.events(
-            decode=True,
-            filters={"type": "container", "event": ["die"], "label": [f"{LABEL_REPO}={plan.repo}", f"{LABEL_FEATURE}={plan.feature}"]},
+        self._stream = executor.watch_feature_events(
+            self.client, plan.repo, plan.feature, self._on_die, actions=("die",), name="mahabharatha-orchestrator-events"
         )
-        self._thread = threading.Thread(target=self._read_events, daemon=True, name="mahabharatha-orchestrator-events")
-        self._thread.start()
 
-    def _read_events(self) -> None:
+    def _on_die(self, cid: str, _action: str, labels: dict[str, str]) -> None:
         try:
-            for event in self._stream:
-                actor = event.get("Actor") or {}
-                attrs = actor.get("Attributes") or {}
-                cid = actor.get("ID") or event.get("id")
-                try:
-                    wid = int(attrs.get(LABEL_WORKER, "-1"))
-                except ValueError:
-                    continue
-                if cid and wid >= 0:
-                    self.events.put(("die", wid, cid))
-        except Exception:  # noqa: BLE001 - closing the stream ends iteration with an error
-            pass
+            wid = int(labels.get(LABEL_WORKER, "-1"))
+        except ValueError:
+            return
+        if wid >= 0:
+            self.events.put(("die", wid, cid))
 
     def exit_of(self, cid: str) -> tuple[int | None, bool]:
         info = self.executor.worker_exit(self.client, cid)

@@ -224,7 +224,7 @@ def test_a_broken_event_stream_does_not_hang_the_run(git_repo: Path, make_plan: 
     import mahabharatha.edge.launchers as launchers
     import mahabharatha.edge.orchestrator as orchestrator
 
-    monkeypatch.setattr(launchers.ContainerLauncher, "_read_events", lambda self: None)  # no die events at all
+    monkeypatch.setattr(launchers.ContainerLauncher, "_on_die", lambda self, *event: None)  # no die events at all
     monkeypatch.setattr(orchestrator, "_WAKE_S", 0.2)
     graph = write_graph(git_repo, [task("A", 1, create=("a.txt",), exit={"1": 2}), task("B", 2, ("A",), create=("b.txt",))])
     result, lines = run(make_plan, docker_client, graph, 1)
