@@ -616,10 +616,22 @@ def preflight(plan: LaunchPlan, *, client: Any = None) -> Any:
     the run state, so a run that cannot start leaves nothing behind (and a second try is not a "resume")."""
     _container_plan(plan)
     client = client if client is not None else make_client(workers=len(plan.workers))
-    with _engine_errors():
-        _check_images(client, plan.workers)
-        _stale_containers(client, plan, plan.workers)
+    _checked(client, plan, plan.workers)
     return client
+
+
+def _checked(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> dict[str, str]:
+    """The read-only checks before any effect (images present, planned names not someone else's); returns
+    this feature's stale containers by name, for replacement."""
+    with _engine_errors():
+        _check_images(client, specs)
+        return _stale_containers(client, plan, specs)
+
+
+def _launch(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec], keep_failed: bool) -> tuple[WorkerHandle, ...]:
+    _container_plan(plan)
+    stale = _checked(client, plan, specs)
+    return _Fleet(client, plan, specs, stale).run(_prepare_host(plan, specs), keep_failed=keep_failed)
 
 
 def execute(plan: LaunchPlan, *, client: Any = None, keep_failed: bool = False) -> Launch:
@@ -632,12 +644,7 @@ def execute(plan: LaunchPlan, *, client: Any = None, keep_failed: bool = False) 
     """
     _container_plan(plan)
     client = client if client is not None else make_client(workers=len(plan.workers))
-    specs = plan.workers
-    with _engine_errors():
-        _check_images(client, specs)
-        stale = _stale_containers(client, plan, specs)
-    prepare = _prepare_host(plan, specs)
-    handles = _Fleet(client, plan, specs, stale).run(prepare, keep_failed=keep_failed)
+    handles = _launch(client, plan, plan.workers, keep_failed)
     return Launch(plan.plan_id, plan.repo, plan.feature, handles)
 
 
@@ -647,12 +654,7 @@ def start_worker(client: Any, plan: LaunchPlan, spec: WorkerSpec, *, keep_failed
     Same checks and guarantees as :func:`execute`, for one worker: its stale container is replaced, a
     same-named container of anyone else is refused.
     """
-    _container_plan(plan)
-    with _engine_errors():
-        _check_images(client, [spec])
-        stale = _stale_containers(client, plan, [spec])
-    prepare = _prepare_host(plan, [spec])
-    return _Fleet(client, plan, [spec], stale).run(prepare, keep_failed=keep_failed)[0]
+    return _launch(client, plan, [spec], keep_failed)[0]
 
 
 def _exit_from(attrs: dict[str, Any], name: str = "") -> WorkerExit:
