@@ -65,6 +65,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove the feature's containers and worktrees; refuse (naming them) worktrees with uncommitted work."""
+    from ..core.plan import run_branch_prefix
     from ..edge import executor, worktrees
     from .ops import repo_feature, run_in_progress
 
@@ -91,7 +92,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         except WorktreeError:
             refused.append(path)
     worktrees.prune(repo)
-    print(f"Removed {done} worktree(s) of feature {feature}; branches mahabharatha/{feature}/* are kept")
+    print(f"Removed {done} worktree(s) of feature {feature}; branches {run_branch_prefix(feature)}* are kept")
     if not (removed or done or refused or engine_error):
         print(_nothing_found(repo, feature))
     if not refused:

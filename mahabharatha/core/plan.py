@@ -48,6 +48,8 @@ __all__ = [
     "worktree_path",
     "worker_branch",
     "base_branch",
+    "run_branch_prefix",
+    "worker_branch_prefix",
     "overlay_dir",
     "state_dir",
     "log_dir",
@@ -78,12 +80,21 @@ def _worktree_root(repo: str, feature: str) -> str:
     return posixpath.join(posixpath.dirname(repo), ".mahabharatha-worktrees", feature)
 
 
+def run_branch_prefix(feature: str) -> str:
+    """Every branch a run of ``feature`` creates starts with this (the base and the worker branches)."""
+    return f"mahabharatha/{feature}/"
+
+
+def worker_branch_prefix(feature: str) -> str:
+    return f"{run_branch_prefix(feature)}worker-"
+
+
 def worker_branch(feature: str, worker_id: int) -> str:
-    return f"mahabharatha/{feature}/worker-{worker_id}"
+    return f"{worker_branch_prefix(feature)}{worker_id}"
 
 
 def base_branch(feature: str) -> str:
-    return f"mahabharatha/{feature}/base"
+    return f"{run_branch_prefix(feature)}base"
 
 
 def state_dir(repo: str) -> str:
@@ -223,7 +234,7 @@ def build_plan(
     worker_labels: list[Label] = []
     for n in range(count):
         wt_path = f"{wt_root}/worker-{n}"
-        branch = f"mahabharatha/{feature}/worker-{n}"
+        branch = worker_branch(feature, n)
         # Named per feature: git's metadata dirs are one flat namespace per repository, so two features'
         # worker-N worktrees must not both claim .git/worktrees/worker-N.
         admin = f"{git_dir}/worktrees/{feature}-worker-{n}"

@@ -36,6 +36,7 @@ import msgspec
 
 from ..core.graph import TaskGraph
 from ..core.model import LaunchPlan
+from ..core.plan import run_branch_prefix, worker_branch_prefix
 from ..errors import OrchestrationError
 from ..worker import protocol as P
 from ..worker import state as S
@@ -264,8 +265,11 @@ class _Run:
     def _existing_branches(self) -> list[str]:
         """Every worker branch of the feature, including those of an earlier run with more workers (their done
         tasks' commits must reach the base too), in worker order."""
-        prefix = f"refs/heads/mahabharatha/{self.plan.feature}/worker-"
-        refs = git(self.plan.repo, "for-each-ref", "--format=%(refname)", f"refs/heads/mahabharatha/{self.plan.feature}/").splitlines()
+        prefix = f"refs/heads/{worker_branch_prefix(self.plan.feature)}"
+        # for-each-ref matches a literal pattern only up to a '/', so ask for the run's branch directory.
+        refs = git(
+            self.plan.repo, "for-each-ref", "--format=%(refname)", f"refs/heads/{run_branch_prefix(self.plan.feature)}"
+        ).splitlines()
         numbered = []
         for ref in refs:
             suffix = ref[len(prefix):] if ref.startswith(prefix) else ""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..core.model import Worktree
+from ..core.plan import run_branch_prefix, worker_branch_prefix
 from ..errors import WorktreeError
 from .git import git, git_ok
 
@@ -63,7 +64,7 @@ def refuse_checked_out_run_branches(repo: str | os.PathLike[str], feature: str) 
     work as staged deletions (and a commit would revert it).
     """
     current = git(repo, "symbolic-ref", "-q", "HEAD", check=False).strip()
-    prefix = f"refs/heads/mahabharatha/{feature}/"
+    prefix = f"refs/heads/{run_branch_prefix(feature)}"
     if current.startswith(prefix):
         branch = current.removeprefix("refs/heads/")
         raise WorktreeError(
@@ -241,7 +242,7 @@ def ensure_worktrees(repo: str | os.PathLike[str], base_branch: str, worktrees: 
 
 def feature_worktrees(repo: str | os.PathLike[str], feature: str) -> list[tuple[str, str]]:
     """(path, branch) of the feature's worker worktrees (branches ``mahabharatha/<feature>/worker-*``)."""
-    prefix = f"refs/heads/mahabharatha/{feature}/worker-"
+    prefix = f"refs/heads/{worker_branch_prefix(feature)}"
     return [
         (e["worktree"], e["branch"].removeprefix("refs/heads/"))
         for e in list_worktrees(repo)
