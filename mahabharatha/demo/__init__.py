@@ -7,7 +7,6 @@ agent, shipped in the worker runtime) turns into files. No network, no API key.
 
 from __future__ import annotations
 
-import subprocess
 from importlib import resources
 from pathlib import Path
 
@@ -22,19 +21,10 @@ def graph_text() -> str:
 
 
 def _git(repo: Path, *args: str) -> None:
-    import os
+    """Host git as everywhere (hooks off, GIT_DIR and friends cannot redirect it), committing as the demo."""
+    from ..edge.git import git
 
-    from ..edge.git import REPO_LOCATION_VARS
-
-    env = {k: v for k, v in os.environ.items() if k not in REPO_LOCATION_VARS}  # GIT_DIR must not redirect it
-    subprocess.run(
-        ["git", "-C", str(repo), "-c", "core.hooksPath=/dev/null", "-c", "user.name=mahabharatha demo",
-         "-c", "user.email=demo@mahabharatha.invalid", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    git(repo, "-c", "user.name=mahabharatha demo", "-c", "user.email=demo@mahabharatha.invalid", *args)
 
 
 def create_demo_repo(repo: Path, *, image: str, workers: int, container_prefix: str = "mahabharatha-demo") -> Path:
