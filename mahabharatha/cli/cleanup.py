@@ -8,7 +8,7 @@ branches are always kept (they hold the commits).
 from __future__ import annotations
 
 import argparse
-import shutil
+import contextlib
 from pathlib import Path
 
 from ..errors import LaunchError, MahabharathaError, WorktreeError
@@ -65,7 +65,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove the feature's containers and worktrees; refuse (naming them) worktrees with uncommitted work."""
-    from ..core.plan import run_branch_prefix
+    from ..core.plan import private_git_dir, run_branch_prefix
     from ..edge import executor, worktrees
     from .ops import repo_feature, run_in_progress
 
@@ -84,19 +84,25 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     except LaunchError as exc:  # no engine: still clean up the worktrees, then report
         engine_error = exc
     refused: list[str] = []
+    failed: list[str] = []
     done = 0
-    for path, _branch in worktrees.feature_worktrees(repo, feature):
+    for path, branch in worktrees.feature_worktrees(repo, feature):
+        wid = int(path.rsplit("-", 1)[1])
         try:
-            if worktrees.remove_worktree(repo, path, force=args.force):
+            if worktrees.remove_worktree(repo, path, branch=branch, force=args.force, git_dir=private_git_dir(repo, feature, wid)):
                 done += 1
-        except WorktreeError:
-            refused.append(path)
+        except WorktreeError as exc:
+            (refused if "uncommitted" in str(exc) else failed).append(str(exc) if "uncommitted" not in str(exc) else path)
     worktrees.prune(repo)
     print(f"Removed {done} worktree(s) of feature {feature}; branches {run_branch_prefix(feature)}* are kept")
-    if not (removed or done or refused or engine_error):
+    if not (removed or done or refused or failed or engine_error):
         print(_nothing_found(repo, feature))
-    if not refused:
-        shutil.rmtree(Path(repo) / ".mahabharatha" / "runtime" / feature, ignore_errors=True)
+    if not refused and not failed:
+        worktrees.remove_tree(Path(repo) / ".mahabharatha" / "runtime" / feature)
+        with contextlib.suppress(OSError):
+            Path(repo).parent.joinpath(".mahabharatha-worktrees", feature).rmdir()
+    if failed:
+        raise WorktreeError(failed[0])
     if refused:
         raise WorktreeError(
             f"Kept {len(refused)} worktree(s) with uncommitted changes: {', '.join(refused)}",

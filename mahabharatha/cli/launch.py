@@ -90,6 +90,7 @@ def _dirty_worktree_notes(launch_plan: Any) -> list[str]:
     """Worker worktrees of an earlier run holding uncommitted changes: the worker will park them on a ref and
     start clean (never lost, never mixed into a task's commit). Say where, since the worktree will not show
     them any more."""
+    from ..edge.git import git
     from ..edge.worktrees import uncommitted_changes
     from ..worker.protocol import interrupted_ref_prefix
 
@@ -99,7 +100,10 @@ def _dirty_worktree_notes(launch_plan: Any) -> list[str]:
         if not (Path(path) / ".git").exists():
             continue
         try:
-            changes = uncommitted_changes(path)
+            tip = git(launch_plan.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{spec.worktree.branch}", check=False)
+            if not tip:
+                continue
+            changes = uncommitted_changes(launch_plan.repo, path, tip)
         except Exception:  # noqa: BLE001 - a broken worktree is reported by the launch itself
             continue
         if changes:

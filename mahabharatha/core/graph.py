@@ -66,6 +66,16 @@ class Task(msgspec.Struct, frozen=True):
 class TaskGraph(msgspec.Struct, frozen=True):
     feature: Annotated[str, Meta(min_length=1)]
     tasks: tuple[Task, ...]
+    # Each task's JSON object as written (extra fields included, e.g. a scripted agent's), in task order: what a
+    # worker receives for the task. Filled by load_graph; the odd name keeps it out of any user's graph.
+    raw_tasks: tuple[str, ...] = msgspec.field(default=(), name="$mahabharatha-raw-tasks")
+
+    def raw_task(self, task_id: str) -> str:
+        """The task's JSON object as written (or its model's fields when the graph was built in code)."""
+        for t, raw in zip(self.tasks, self.raw_tasks):
+            if t.id == task_id:
+                return raw
+        return msgspec.json.encode(self.task(task_id)).decode()
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -100,7 +110,12 @@ def load_graph(path: str, text: str | bytes) -> TaskGraph:
     except msgspec.DecodeError as exc:
         raise _fail(path, f"not valid JSON: {exc}", "fix the JSON syntax of the task graph") from None
     validate(path, graph)
-    return graph
+    raw = msgspec.json.decode(text, type=_RawGraph)
+    return msgspec.structs.replace(graph, raw_tasks=tuple(r.decode() if isinstance(r, bytes) else bytes(r).decode() for r in raw.tasks))
+
+
+class _RawGraph(msgspec.Struct):
+    tasks: list[msgspec.Raw]
 
 
 def validate(path: str, graph: TaskGraph) -> None:

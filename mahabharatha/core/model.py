@@ -95,13 +95,17 @@ class PlannedFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Worktree(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A git worktree + branch the executor creates (idempotently) before starting workers."""
+    """A worker's workspace + branch, created (idempotently) before it starts.
+
+    The workspace is a plain directory (not a git worktree of the user's repository): the worker's git lives
+    in ``git_dir``, private to the worker (objects, index, refs; the user's objects as alternates). The branch
+    is in the user's repository and moves only when the orchestrator imports a verified result."""
 
     worker_id: int
     path: str  # <repo>/../.mahabharatha-worktrees/<feature>/worker-N
     branch: str  # mahabharatha/<feature>/worker-N
     base: str  # branch or commit the worker branch starts from (mahabharatha/<feature>/base)
-    admin_dir: str  # <repo>/.git/worktrees/<feature>-worker-N : git's metadata dir for this worktree
+    git_dir: str  # <repo>/.mahabharatha/runtime/<feature>/worker-N/git : the worker's private git directory
 
 
 class AuthSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -142,6 +146,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     worktree: Worktree
     files: tuple[PlannedFile, ...]  # host files the executor writes before start
     log_path: str  # host path of the worker's stdout log
+    channel_socket: str  # host path of the orchestrator's socket for this worker (its directory is mounted)
     ready_timeout_s: float = READY_TIMEOUT_S
     start_timeout_s: float = WORKER_START_TIMEOUT_S
 

@@ -1,11 +1,12 @@
 """Build the :class:`~mahabharatha.core.model.LaunchPlan`: pure, deterministic, complete before anything runs.
 
-For worker N of feature F in repository R (see the team brief for the full tables): the worktree
-``R/../.mahabharatha-worktrees/F/worker-N`` on branch ``mahabharatha/F/worker-N`` is mounted at
-``/workspace``; small overlay files under ``R/.mahabharatha/runtime/F/worker-N`` are bind-mounted read-only
-over the worktree's git pointers so container git finds the shared repository at ``/repo/.git`` without
-rewriting the host's files; hooks and config of the shared repository are read-only so a container cannot
-plant code that host git later runs.
+For worker N of feature F in repository R: the workspace ``R/../.mahabharatha-worktrees/F/worker-N`` is
+mounted at ``/workspace``; the worker's private git directory ``R/.mahabharatha/runtime/F/worker-N/git`` at
+``/workspace/.git-worktree`` (its objects, index and refs; the workspace's ``.git`` file, a read-only overlay,
+points at it); the user's ``R/.git`` read-only at ``/repo/.git`` (the private repository's alternates: nothing
+is copied) and ``R/.gsd`` read-only at ``/repo/.gsd``; the worker's own channel directory (one socket of the
+orchestrator's) read-only at ``/opt/mahabharatha/channel``. Nothing of the user's repository, checkout or
+run state is writable from a container: results come back as bundles the orchestrator verifies.
 
 Everything is computed from parameters (no I/O). Values shared by all workers are built once and reused,
 so a 1000-worker plan costs a few milliseconds. ``plan_id`` is a short sha256 of the plan's canonical JSON
@@ -51,6 +52,9 @@ __all__ = [
     "run_branch_prefix",
     "worker_branch_prefix",
     "overlay_dir",
+    "runtime_dir",
+    "private_git_dir",
+    "channel_socket",
     "state_dir",
     "log_dir",
     "WORKER_COMMAND",
@@ -62,10 +66,8 @@ PLAN_ID_LENGTH = 12
 OVERLAY_MOUNT = "/opt/mahabharatha/overlay"
 REPO_GSD = "/repo/.gsd"
 
-# Contents of the overlay files (see DESIGN.md: git worktrees in containers).
+# Contents of the overlay files: the workspace's .git file names the private git directory.
 DOTGIT_CONTENT = f"gitdir: {P.GIT_WORKTREE_DIR}\n"
-COMMONDIR_CONTENT = f"{P.GIT_MAIN_DIR}\n"
-GITDIR_CONTENT = f"{P.WORKSPACE}/.git\n"
 EXCLUDE_CONTENT = "/.git-worktree/\n/.mahabharatha/\n"
 
 _TMPFS_OPTIONS = "rw,nosuid,nodev,exec"
@@ -107,8 +109,23 @@ def log_dir(repo: str) -> str:
     return f"{repo}/.mahabharatha/logs/workers"
 
 
-def overlay_dir(repo: str, feature: str, worker_id: int) -> str:
+def runtime_dir(repo: str, feature: str, worker_id: int) -> str:
+    """Host directory of worker N's own files: ``overlay/`` (host-written, read-only in the container) and
+    ``git/`` (the worker's private git directory, written only by the worker, never read by host git)."""
     return f"{repo}/.mahabharatha/runtime/{feature}/worker-{worker_id}"
+
+
+def overlay_dir(repo: str, feature: str, worker_id: int) -> str:
+    return f"{runtime_dir(repo, feature, worker_id)}/overlay"
+
+
+def private_git_dir(repo: str, feature: str, worker_id: int) -> str:
+    return f"{runtime_dir(repo, feature, worker_id)}/git"
+
+
+def channel_socket(repo: str, feature: str, worker_id: int) -> str:
+    """Host path of the orchestrator's socket for worker N (its directory is mounted into that worker only)."""
+    return f"{state_dir(repo)}/{feature}/channel/worker-{worker_id}/{P.CHANNEL_SOCKET}"
 
 
 def plan_json(plan: LaunchPlan) -> bytes:
@@ -167,11 +184,8 @@ def build_plan(
 
     # Built once, shared by every worker.
     shared_mounts_mid = (
-        Mount(source=shared_state_dir, target=P.STATE_MOUNT, read_only=False),
-        Mount(source=git_dir, target=P.GIT_MAIN_DIR, read_only=False),
-        Mount(source=f"{git_dir}/hooks", target=f"{P.GIT_MAIN_DIR}/hooks", read_only=True),
-        Mount(source=f"{git_dir}/config", target=f"{P.GIT_MAIN_DIR}/config", read_only=True),
-        Mount(source=f"{repo}/.gsd", target=REPO_GSD, read_only=False),
+        Mount(source=git_dir, target=P.GIT_MAIN_DIR, read_only=True),
+        Mount(source=f"{repo}/.gsd", target=REPO_GSD, read_only=True),
     )
     shared_mounts_tail: list[Mount] = [
         Mount(source=worker_runtime_dir, target=f"{P.RUNTIME_LIB}/{P.RUNTIME_PACKAGE}", read_only=True)
@@ -198,7 +212,9 @@ def build_plan(
         P.ENV_BASE_BRANCH: base,
         P.ENV_GIT_WORKTREE_DIR: P.GIT_WORKTREE_DIR,
         P.ENV_GIT_MAIN_DIR: P.GIT_MAIN_DIR,
-        P.ENV_STATE_DIR: P.STATE_MOUNT,
+        P.ENV_CHANNEL: f"{P.CHANNEL_DIR}/{P.CHANNEL_SOCKET}",
+        # The container is the sandbox: Claude Code refuses --dangerously-skip-permissions as uid 0 unless told so.
+        "IS_SANDBOX": "1",
         "MAHABHARATHA_SPEC_DIR": spec_dir,
         P.ENV_AGENT_COMMAND: w.agent_command,
         "GIT_CONFIG_COUNT": "2",
@@ -235,10 +251,9 @@ def build_plan(
     for n in range(count):
         wt_path = f"{wt_root}/worker-{n}"
         branch = worker_branch(feature, n)
-        # Named per feature: git's metadata dirs are one flat namespace per repository, so two features'
-        # worker-N worktrees must not both claim .git/worktrees/worker-N.
-        admin = f"{git_dir}/worktrees/{feature}-worker-{n}"
-        overlay = f"{repo}/.mahabharatha/runtime/{feature}/worker-{n}"
+        private = private_git_dir(repo, feature, n)
+        overlay = overlay_dir(repo, feature, n)
+        socket_path = channel_socket(repo, feature, n)
         who = f"mahabharatha worker {n}"
         email = f"worker-{n}@mahabharatha.invalid"
         per = {
@@ -246,15 +261,14 @@ def build_plan(
             "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_EMAIL": email,
         }
         environment = tuple(var if var is not None else EnvVar(name=name, value=per[name]) for name, var in env_layout)
-        dotgit, commondir, gitdir = f"{overlay}/dotgit", f"{overlay}/commondir", f"{overlay}/gitdir"
+        dotgit = f"{overlay}/dotgit"
         mounts = (
             Mount(source=wt_path, target=P.WORKSPACE, read_only=False),
             Mount(source=dotgit, target=f"{P.WORKSPACE}/.git", read_only=True),
-            Mount(source=admin, target=P.GIT_WORKTREE_DIR, read_only=False),
-            Mount(source=commondir, target=f"{P.GIT_WORKTREE_DIR}/commondir", read_only=True),
-            Mount(source=gitdir, target=f"{P.GIT_WORKTREE_DIR}/gitdir", read_only=True),
+            Mount(source=private, target=P.GIT_WORKTREE_DIR, read_only=False),
             *shared_mounts_mid,
             Mount(source=overlay, target=OVERLAY_MOUNT, read_only=True),
+            Mount(source=posixpath.dirname(socket_path), target=P.CHANNEL_DIR, read_only=True),
             *tail,
         )
         worker_label = Label(key=LABEL_WORKER, value=str(n))
@@ -280,14 +294,13 @@ def build_plan(
                 cap_drop=cap_drop,
                 security_opt=security_opt,
                 init=True,
-                worktree=Worktree(worker_id=n, path=wt_path, branch=branch, base=base, admin_dir=admin),
+                worktree=Worktree(worker_id=n, path=wt_path, branch=branch, base=base, git_dir=private),
                 files=(
                     PlannedFile(path=dotgit, content=DOTGIT_CONTENT),
-                    PlannedFile(path=commondir, content=COMMONDIR_CONTENT),
-                    PlannedFile(path=gitdir, content=GITDIR_CONTENT),
                     PlannedFile(path=f"{overlay}/exclude", content=EXCLUDE_CONTENT),
                 ),
                 log_path=f"{workers_log_dir}/worker-{n}.stdout.log",
+                channel_socket=socket_path,
             )
         )
 

@@ -39,7 +39,7 @@ from ..core.model import (
     WorkerSpec,
 )
 from ..errors import LaunchError
-from ..worker.protocol import STATE_MOUNT, exit_meaning, ready_line
+from ..worker.protocol import exit_meaning, ready_line
 from . import worktrees as _worktrees
 from .images import BUILD_COMMAND
 
@@ -65,7 +65,7 @@ __all__ = [
 
 _LOG_TAIL_LINES = 10  # log lines quoted in a "Worker process failed to start" message
 # Mount targets whose (host) source directories the executor creates when missing.
-_SHARED_DIR_TARGETS = frozenset({STATE_MOUNT, "/repo/.gsd"})
+_SHARED_DIR_TARGETS = frozenset({"/repo/.gsd", "/opt/mahabharatha/channel"})
 
 
 class WorkerHandle(msgspec.Struct, frozen=True):
@@ -205,13 +205,12 @@ def make_client(workers: int = 1, *, timeout: int = 120, action: str = "Failed t
 
 
 def write_planned_files(specs: Iterable[WorkerSpec]) -> None:
-    """Write each worker's planned overlay files (small, container-only git files)."""
+    """Write each worker's planned overlay files (small, container-only git files; never through a symlink)."""
     for spec in specs:
         for planned in spec.files:
             path = Path(planned.path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists() or path.read_text() != planned.content:
-                path.write_text(planned.content)
+            _worktrees.write_small(str(path), planned.content)
 
 
 def _prepare_host(plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> Callable[[WorkerSpec], None]:
@@ -225,7 +224,7 @@ def _prepare_host(plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> Callable[[Wo
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
         for m in spec.mounts:
             # Shared directories of the main checkout may not exist in a fresh repository yet.
-            if m.target in _SHARED_DIR_TARGETS and not m.read_only:
+            if m.target in _SHARED_DIR_TARGETS:
                 Path(m.source).mkdir(parents=True, exist_ok=True)
     ensure_worktree = _worktrees.worktree_creator(plan.repo, plan.base_branch)
 

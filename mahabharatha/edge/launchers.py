@@ -55,7 +55,8 @@ def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, 
     """The worker's environment for subprocess mode: the plan's values with host paths for the container ones."""
     env = {k: v for k, v in (os.environ if base_env is None else base_env).items() if k not in REPO_LOCATION_VARS}
     planned = spec.env_dict()
-    for key in ("HOME", "PYTHONPATH", "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"):
+    # IS_SANDBOX tells Claude Code a container is its sandbox: on the host there is none.
+    for key in ("HOME", "PYTHONPATH", "IS_SANDBOX", "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"):
         planned.pop(key, None)
     env.update(planned)
     # Credentials found in the repo's .env reach host workers the same way they reach containers.
@@ -65,9 +66,9 @@ def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, 
     env.update(
         {
             P.ENV_WORKSPACE: spec.worktree.path,
-            P.ENV_STATE_DIR: plan.state_dir,
+            P.ENV_CHANNEL: spec.channel_socket,
             P.ENV_SPEC_DIR: f"{plan.repo}/.gsd/specs/{plan.feature}",
-            P.ENV_GIT_WORKTREE_DIR: spec.worktree.admin_dir,
+            P.ENV_GIT_WORKTREE_DIR: spec.worktree.git_dir,
             P.ENV_GIT_MAIN_DIR: f"{plan.repo}/.git",
             "PYTHONPATH": os.pathsep.join(p for p in (_runtime_pythonpath(plan.repo), env.get("PYTHONPATH", "")) if p),
             "PYTHONUNBUFFERED": "1",
@@ -132,7 +133,7 @@ class SubprocessLauncher:
         threading.Thread(target=wait, daemon=True, name=f"mahabharatha-wait-{spec.worker_id}").start()
 
     def start_all(self) -> None:
-        _worktrees.ensure_worktrees(self.plan.repo, self.plan.base_branch, self.plan.worktrees)
+        _worktrees.ensure_worktrees(self.plan.repo, self.plan.base_branch, self.plan.worktrees, host_git=True)
         for spec in self.plan.workers:
             self._start(spec)
 

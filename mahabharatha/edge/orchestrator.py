@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import queue
 import signal
 import stat
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -41,7 +42,9 @@ from ..errors import OrchestrationError
 from ..worker import protocol as P
 from ..worker import state as S
 from . import worktrees as _worktrees
+from .channel import ChannelServer
 from .git import git, git_ok
+from .importer import ImportRejected, import_bundle
 from .launchers import ContainerLauncher, SubprocessLauncher
 
 __all__ = [
@@ -56,6 +59,13 @@ _IDENTITY = ("-c", "user.name=mahabharatha orchestrator", "-c", "user.email=orch
 _MAX_CONTEXT_RESTARTS = 20  # per worker: an agent that always hits its limit must not loop forever
 _SECONDS_PER_MINUTE = 60.0  # tests shrink it to exercise workers.timeout_minutes quickly
 _WAKE_S = 5.0  # longest wait for an event; the loop wakes earlier when a worker's timeout falls due
+
+
+class _Claim(NamedTuple):
+    task_id: str
+    start: str  # the commit the worker was told to start the task from
+    level: int
+    since: float  # monotonic time of the claim: workers.timeout_minutes counts from here
 
 
 class RunResult(msgspec.Struct, frozen=True):
@@ -226,6 +236,13 @@ class _Run:
         self.seconds_per_minute = _SECONDS_PER_MINUTE
         self.reported: dict[str, str] = {}  # task id -> status last reported
         self._restore_signals: Callable[[], None] = lambda: None  # set while an interrupted run stops its workers
+        # Every change of the state in this process happens under this lock (the channel's threads and the
+        # loop); waiting claims sleep on ``changed`` and wake on every change.
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.claims: dict[int, _Claim] = {}
+        self.server: ChannelServer | None = None
+        self.progress_path = os.path.join(plan.repo, ".gsd", "specs", plan.feature, P.PROGRESS_FILE)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _worker_branches(self) -> list[str]:
@@ -235,6 +252,11 @@ class _Run:
         self.out(text)
 
     def _finish_level_if_settled(self) -> None:
+        with self.changed:  # settled-check, merge and advance in one step: no claim or finish in between
+            self._finish_level_locked()
+            self.changed.notify_all()
+
+    def _finish_level_locked(self) -> None:
         while True:
             data = self.store.read() or {}
             if data.get("status") != S.RUNNING:
@@ -287,9 +309,174 @@ class _Run:
         self.alive[wid] = self.launcher.current(wid)
         self.started_at[wid] = time.monotonic()
 
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[dict[str, Any]]:
+        """A state transaction under the run's lock; waiting claims wake afterwards."""
+        with self.changed:
+            with self.store.transaction() as data:
+                yield data
+            self.changed.notify_all()
+
+    def _note(self, line: str) -> None:
+        """Append one line to the feature's progress.md (the orchestrator's words; never through a symlink)."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        clean = "".join(ch if ch.isprintable() else " " for ch in line)[: P.MAX_PROGRESS_CHARS]
+        with contextlib.suppress(OSError):
+            fd = os.open(self.progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.write(fd, f"- {stamp} {clean}\n".encode("utf-8", "replace"))
+            finally:
+                os.close(fd)
+
+    # -- the workers' channel --------------------------------------------------------------------------------
+    def handle(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
+        """Answer one request of worker ``wid`` (called on its connection's thread)."""
+        op = message["op"]
+        if op == "hello":
+            spec = self.plan.workers[wid]
+            start = _worktrees.ensure_worker_branch(self.plan.repo, spec.worktree.branch, self.plan.base_branch)
+            return {"ok": True, "start": start, "feature": self.plan.feature, "branch": spec.worktree.branch}
+        if op == "claim":
+            return self._claim(wid)
+        if op == "finish":
+            return self._finish(wid, message, blob)
+        if op == "park":
+            return self._park(wid, message, blob)
+        if op == "release":
+            with self._tx() as d:
+                released = S.release_worker(d, wid)
+                self.claims.pop(wid, None)
+            self.events.put(("state",))
+            return {"ok": True, "released": released}
+        if op == "progress":
+            self._note(f"worker {wid}: {str(message.get('line', ''))}")
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown request {op!r}"}
+
+    def _start_for(self, wid: int) -> str:
+        """The commit worker ``wid``'s next task starts from: the level's base when the worker branch is
+        behind it (the level merged it), else the worker branch (it holds tasks of this level already)."""
+        spec = self.plan.workers[wid]
+        mine = _worktrees.ensure_worker_branch(self.plan.repo, spec.worktree.branch, self.plan.base_branch)
+        base = git(self.plan.repo, "rev-parse", f"refs/heads/{self.plan.base_branch}")
+        return base if git_ok(self.plan.repo, "merge-base", "--is-ancestor", mine, base) else mine
+
+    def _claim(self, wid: int) -> dict[str, Any]:
+        with self.changed:
+            while True:
+                data = self.store.read() or {}
+                status = data.get("status")
+                if status in S.FINAL or self.stopping:
+                    return {"ok": True, "final": status if status in S.FINAL else "stopped"}
+                if status == S.RUNNING:
+                    with self.store.transaction() as d:
+                        if wid in self.claims:  # a worker holds one task at a time
+                            S.release_worker(d, wid)
+                            self.claims.pop(wid, None)
+                        task_id = S.claim_next(d, wid)
+                        attempt = d["tasks"][task_id]["attempts"] if task_id else 0
+                        level = d["level"]
+                    if task_id is not None:
+                        start = self._start_for(wid)
+                        self.claims[wid] = _Claim(task_id, start, level, time.monotonic())
+                        self.changed.notify_all()
+                        self.events.put(("state",))
+                        raw = json.loads(self.graph.raw_task(task_id))
+                        return {"ok": True, "task": raw, "task_id": task_id, "attempt": attempt, "start": start, "level": level}
+                self.changed.wait(timeout=_WAKE_S)
+
+    def _owns(self, data: dict[str, Any], wid: int, task_id: str) -> bool:
+        claim = self.claims.get(wid)
+        task = data["tasks"].get(task_id) or {}
+        return (
+            claim is not None and claim.task_id == task_id and task.get("status") == S.CLAIMED and task.get("worker") == wid
+        )
+
+    def _foreign(self, task_id: str, level: int) -> dict[str, str]:
+        """Files other tasks of ``level`` own (path -> task id): a result touching them is rejected."""
+        return {path: t.id for t in self.graph.tasks_at(level) if t.id != task_id for path in t.files.owned}
+
+    def _finish(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
+        task_id, status, commit = message.get("task"), message.get("status"), message.get("commit") or ""
+        if not isinstance(task_id, str) or status not in (S.DONE, S.FAILED) or not isinstance(commit, str):
+            return {"ok": False, "error": "finish needs task (text), status (done|failed) and commit (text)"}
+        error = _clip(" ".join(str(message.get("error") or "").split()), 400)
+        spec = self.plan.workers[wid]
+        feature = self.plan.feature
+        failed_ref = P.failed_ref(feature, task_id)
+        # Under the lock from the ownership check to the state write: a task the timeout failed meanwhile must
+        # not reach the worker branch (and so the base).
+        with self.changed:
+            data = self.store.read() or {}
+            if not self._owns(data, wid, task_id):
+                return {"ok": True, "status": "lost", "error": f"task {task_id} is no longer claimed by worker {wid}"}
+            claim = self.claims[wid]
+            incoming = f"refs/mahabharatha/incoming/{feature}/worker-{wid}"
+            if status == S.DONE and commit:
+                try:
+                    if blob is None:
+                        raise ImportRejected("a commit without its bundle")
+                    import_bundle(
+                        self.plan.repo, blob, expected_ref=f"refs/heads/{spec.worktree.branch}", commit=commit,
+                        dest_ref=f"refs/heads/{spec.worktree.branch}", incoming_ref=incoming, start=claim.start,
+                        foreign=self._foreign(task_id, claim.level), keep_rejected_at=failed_ref,
+                    )
+                except ImportRejected as exc:
+                    status = S.FAILED
+                    kept = git_ok(self.plan.repo, "rev-parse", "--verify", "--quiet", failed_ref)
+                    error = _clip(f"result rejected: {exc}" + (f" (work kept at {failed_ref})" if kept else ""), 480)
+                    commit = ""
+            elif status == S.FAILED:
+                if commit and blob is not None:
+                    try:
+                        import_bundle(
+                            self.plan.repo, blob, expected_ref=P.PARK_REF, commit=commit, dest_ref=failed_ref,
+                            incoming_ref=incoming,
+                        )
+                        error = _clip(error, 400) + f" (work kept at {failed_ref})"
+                    except ImportRejected as exc:
+                        error = _clip(error, 300) + f" (its work could not be kept: {_clip(str(exc), 150)})"
+                commit = ""
+                error = error or "failed"
+            with self.store.transaction() as d:
+                S.finish_task(d, task_id, status, commit=commit, error=error)
+            self.claims.pop(wid, None)
+            self.changed.notify_all()
+        self.events.put(("state",))
+        self._note(f"worker {wid}: {task_id} {status}" + (f" {commit[:10]}" if commit else "") + (f": {error}" if error else ""))
+        return {"ok": True, "status": status, "error": error, "commit": commit}
+
+    def _park(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
+        commit = message.get("commit")
+        if message.get("kind") != "interrupted" or not isinstance(commit, str) or blob is None:
+            return {"ok": False, "error": "park needs kind=interrupted, a commit and its bundle"}
+        prefix = P.interrupted_ref_prefix(self.plan.feature, wid)
+        with self.changed:
+            ref = f"{prefix}{int(time.time())}"
+            n = 1
+            while git_ok(self.plan.repo, "rev-parse", "--verify", "--quiet", ref):
+                n += 1
+                ref = f"{prefix}{int(time.time())}-{n}"
+            try:
+                import_bundle(
+                    self.plan.repo, blob, expected_ref=P.PARK_REF, commit=commit, dest_ref=ref,
+                    incoming_ref=f"refs/mahabharatha/incoming/{self.plan.feature}/worker-{wid}",
+                )
+            except ImportRejected as exc:
+                return {"ok": False, "error": str(exc)}
+        self._log(f"worker {wid}: kept uncommitted leftovers of an interrupted task at {ref}")
+        return {"ok": True, "ref": ref}
+
     # -- exits ---------------------------------------------------------------------------------------------
     def _on_exit(self, wid: int, code: int | None, oom: bool) -> None:
+        with self.changed:
+            self._on_exit_locked(wid, code, oom)
+            self.changed.notify_all()
+
+    def _on_exit_locked(self, wid: int, code: int | None, oom: bool) -> None:
         self.alive.pop(wid, None)
+        self.claims.pop(wid, None)  # its claimed task is settled below, by the exit policy
         data = self.store.read() or {}
         final = data.get("status") in S.FINAL
         meaning = P.exit_meaning(code) + (", OOMKilled" if oom else "")
@@ -348,23 +535,27 @@ class _Run:
         self._log(f"worker {wid} exited {code} ({meaning})")
 
     def _check_timeouts(self) -> float:
-        """Stop workers running longer than ``workers.timeout_minutes``; return seconds until the next deadline."""
+        """Stop workers whose task attempt runs longer than ``workers.timeout_minutes`` (counted from the claim);
+        return seconds until the next deadline."""
         limit = self.plan.timeout_minutes * self.seconds_per_minute
-        now = time.monotonic()
         wait = _WAKE_S
-        for wid, started in list(self.started_at.items()):
-            if wid not in self.alive or wid in self.timed_out:
-                continue
-            if now - started > limit:
-                self.timed_out.add(wid)
-                minutes = self.plan.timeout_minutes
-                # Fail its task first: the stopped worker releases only tasks still claimed.
-                with self.store.transaction() as d:
-                    failed = S.release_worker(d, wid, status=S.FAILED, error=f"worker timed out after {minutes} min (workers.timeout_minutes)")
-                self._log(f"worker {wid}: over workers.timeout_minutes={minutes}; stopping it; failed {', '.join(failed) or 'no task'}")
-                self.launcher.stop(wid)
-            else:
-                wait = min(wait, started + limit - now + 0.01)
+        with self.changed:
+            now = time.monotonic()
+            for wid, claim in sorted(self.claims.items()):
+                if wid not in self.alive or wid in self.timed_out:
+                    continue
+                if now - claim.since > limit:
+                    self.timed_out.add(wid)
+                    minutes = self.plan.timeout_minutes
+                    # Fail its task first (under the lock): a finish arriving later finds it no longer claimed.
+                    with self.store.transaction() as d:
+                        failed = S.release_worker(d, wid, status=S.FAILED, error=f"task attempt timed out after {minutes} min (workers.timeout_minutes)")
+                    self.claims.pop(wid, None)
+                    self.changed.notify_all()
+                    self._log(f"worker {wid}: task {claim.task_id} over workers.timeout_minutes={minutes}; stopping it; failed {', '.join(failed) or 'no task'}")
+                    self.launcher.stop(wid)
+                else:
+                    wait = min(wait, claim.since + limit - now + 0.01)
         return wait
 
     # -- main ----------------------------------------------------------------------------------------------
@@ -396,7 +587,9 @@ class _Run:
             self._log(f"resuming {plan.feature}: {done}/{len(data['tasks'])} tasks already done, level {data['level']}")
         fifo = _FifoReader(self.store, self.events)
         self.launcher = None
+        self.server = ChannelServer({spec.worker_id: spec.channel_socket for spec in plan.workers}, self.handle)
         try:
+            self.server.start()
             self._finish_level_if_settled()  # a resumed run may stand at a level end
             if (self.store.read() or {}).get("status") == S.RUNNING:
                 n = len(plan.workers)
@@ -414,7 +607,7 @@ class _Run:
             self._log("interrupted: stopping workers (run again to resume; Ctrl-C is ignored until they have stopped)")
             self.stopping = True
             with contextlib.suppress(Exception):
-                with self.store.transaction() as d:
+                with self._tx() as d:
                     S.mark_stopped(d, "interrupted; run again to resume")
             if self.launcher is not None:
                 self.launcher.stop_all()
@@ -437,6 +630,10 @@ class _Run:
             raise
         finally:
             fifo.close()
+            with self.changed:
+                self.stopping = True
+                self.changed.notify_all()
+            self.server.close()
         data = self.store.read() or {}
         status = data.get("status", "failed")
         if status == S.RUNNING:  # every worker gone with work left
@@ -486,7 +683,9 @@ class _Run:
             data = self.store.read() or {}
             if data.get("status") in S.FINAL:
                 if not self.stopping:
-                    self.stopping = True
+                    with self.changed:
+                        self.stopping = True
+                        self.changed.notify_all()
                     if data.get("status") == "stopped":  # e.g. `mahabharatha stop` asked through the state
                         if not self.stopped_by_user:
                             self._log(f"run stopped ({data.get('message') or 'stop requested'}): stopping the workers")

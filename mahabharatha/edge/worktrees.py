@@ -1,43 +1,53 @@
-"""Git worktrees and branches for workers, created idempotently and removed without losing work.
+"""Worker workspaces and branches: created idempotently, compared and removed without trusting their contents.
 
-Every call goes through :func:`mahabharatha.edge.git.git` (hooks and fsmonitor off). Creating is safe to
-repeat: an existing worktree is kept as it is (its uncommitted work included), the feature's base branch is
-created from ``HEAD`` only when missing (the user's branches never move). Removing refuses a worktree with
-uncommitted changes unless forced. The mount points Docker creates inside a worktree while a container runs
-(``.git-worktree/``, ``.mahabharatha/``) are empty directories and never count as changes.
+A workspace (``../.mahabharatha-worktrees/<feature>/worker-N``) is a plain directory, not a git worktree of
+the user's repository: the worker's git lives in its private git directory, and the worker branch
+``mahabharatha/<feature>/worker-N`` in the user's repository moves only when the orchestrator imports a
+verified result. Everything in a workspace was written by an untrusted agent, so host code here never runs
+git in it, never follows a symlink in it, and reads it with bounds: :func:`uncommitted_changes` compares its
+files with the worker branch in Python (sizes first, contents hashed only up to a limit).
+
+Creating is safe to repeat: an existing workspace is kept (its uncommitted work included), the base branch is
+created from ``HEAD`` only when missing (the user's branches never move). Removing refuses a workspace with
+uncommitted changes unless forced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import shutil
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..core.model import Worktree
-from ..core.plan import run_branch_prefix, worker_branch_prefix
+from ..core.plan import DOTGIT_CONTENT, run_branch_prefix, worker_branch_prefix
 from ..errors import WorktreeError
 from .git import git, git_ok
 
 __all__ = [
     "ensure_base_branch",
+    "ensure_worker_branch",
     "refuse_checked_out_run_branches",
     "ensure_worktree",
     "ensure_worktrees",
     "worktree_creator",
-    "list_worktrees",
     "feature_worktrees",
     "uncommitted_changes",
     "remove_worktree",
+    "remove_tree",
+    "write_small",
     "prune",
+    "MOUNT_POINTS",
 ]
 
-# Directories created inside a worktree as bind-mount points for a container; never user work.
-MOUNT_POINT_DIRS = (".git-worktree/", ".mahabharatha/state/")
-
-
-def _same(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
+# Names at a workspace's top that are container mount points or ours, never user work.
+MOUNT_POINTS = frozenset({".git", ".git-worktree", ".mahabharatha"})
+_HASH_LIMIT = 64 << 20  # files larger than this are "changed" unless their size alone tells
+_MAX_ENTRIES = 200_000
+_MAX_IGNORE_BYTES = 1 << 20
 
 
 def ensure_base_branch(repo: str | os.PathLike[str], branch: str, *, start: str = "HEAD") -> str:
@@ -52,8 +62,19 @@ def ensure_base_branch(repo: str | os.PathLike[str], branch: str, *, start: str 
                 f"Cannot create branch {branch} in {repo}: {start} has no commit",
                 hint="commit something first, e.g. `git commit --allow-empty -m init`",
             )
-        git(repo, "branch", branch, start)
+        git(repo, "update-ref", ref, git(repo, "rev-parse", f"{start}^{{commit}}"), "")
     return git(repo, "rev-parse", ref)
+
+
+def ensure_worker_branch(repo: str | os.PathLike[str], branch: str, base: str) -> str:
+    """The worker branch's commit, creating the branch at ``base`` when missing."""
+    ref = f"refs/heads/{branch}"
+    tip = git(repo, "rev-parse", "--verify", "--quiet", ref, check=False)
+    if tip:
+        return tip
+    commit = git(repo, "rev-parse", f"{base}^{{commit}}")
+    git(repo, "update-ref", ref, commit, "")
+    return commit
 
 
 def refuse_checked_out_run_branches(repo: str | os.PathLike[str], feature: str) -> None:
@@ -74,219 +95,309 @@ def refuse_checked_out_run_branches(repo: str | os.PathLike[str], feature: str) 
         )
 
 
-def list_worktrees(repo: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """``git worktree list --porcelain`` as dicts (keys: worktree, HEAD, branch, and flags like prunable)."""
-    out = git(repo, "worktree", "list", "--porcelain")
-    entries: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    for line in out.splitlines():
-        if not line.strip():
-            if current:
-                entries.append(current)
-            current = {}
-            continue
-        key, _, value = line.partition(" ")
-        current[key] = value
-    if current:
-        entries.append(current)
-    return entries
-
-
-def _registered(repo: str | os.PathLike[str], path: str) -> dict[str, str] | None:
-    for entry in list_worktrees(repo):
-        if _same(entry.get("worktree", ""), path):
-            return entry
-    return None
-
-
-def _admin_dir(path: str) -> str:
-    """The worktree's git metadata dir, read from its ``.git`` file (no subprocess), else asked from git."""
-    dotgit = Path(path) / ".git"
+def _lstat(path: str) -> os.stat_result | None:
     try:
-        text = dotgit.read_text().strip()
-    except OSError:
-        text = ""
-    if text.startswith("gitdir: "):
-        return os.path.realpath(os.path.join(path, text[len("gitdir: "):]))
-    return git(path, "rev-parse", "--absolute-git-dir")
-
-
-def _other_repository(path: str) -> str | None:
-    """The main checkout of another repository that ``path`` is a linked worktree of, or None."""
-    try:
-        text = (Path(path) / ".git").read_text().strip()
-    except OSError:
+        return os.lstat(path)
+    except FileNotFoundError:
         return None
-    if not text.startswith("gitdir: "):
-        return None
-    admin = Path(os.path.realpath(os.path.join(path, text[len("gitdir: "):])))
-    # <main>/.git/worktrees/<name>: the main checkout is three levels up.
-    if admin.parent.name != "worktrees" or admin.parent.parent.name != ".git":
-        return None
-    return str(admin.parent.parent.parent)
 
 
-def _admin_owner(admin_dir: str) -> str:
-    """Who uses a worktree metadata dir: the worktree path recorded in its ``gitdir`` file, when readable."""
-    try:
-        dotgit = Path(admin_dir, "gitdir").read_text().strip()
-    except OSError:
-        return "another worktree"
-    return f"worktree {os.path.dirname(dotgit) if dotgit.endswith('/.git') else dotgit}"
+def write_small(path: str, content: str) -> None:
+    """Create or replace a small host file without following a symlink planted at ``path``."""
+    st = _lstat(path)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise WorktreeError(f"{path} is not a regular file (a {_kind(st)})", hint="move it away, then launch again")
+    tmp = f"{path}.mahabharatha-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(content)
+    os.replace(tmp, path)
 
 
-def _branches(repo: str | os.PathLike[str]) -> set[str]:
-    return set(git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/").splitlines())
+def _kind(st: os.stat_result) -> str:
+    mode = st.st_mode
+    for test, name in ((stat.S_ISLNK, "symlink"), (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device")):
+        if test(mode):
+            return name
+    return "special file"
 
 
-def _ensure_one(
-    repo: str | os.PathLike[str], wt: Worktree, registered: dict[str, dict[str, str]], branches: set[str]
-) -> None:
+def _mkdir(path: str) -> None:
+    """``mkdir -p`` that refuses a symlink or a non-directory in the way."""
+    st = _lstat(path)
+    if st is None:
+        os.makedirs(path, exist_ok=True)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise WorktreeError(f"{path} is a {_kind(st)}, expected a directory", hint="move it away, then launch again")
+
+
+def _dotgit_content(wt: Worktree, host_git: bool) -> str:
+    return f"gitdir: {wt.git_dir}\n" if host_git else DOTGIT_CONTENT
+
+
+def _ensure_one(repo: str | os.PathLike[str], wt: Worktree, host_git: bool) -> None:
     path = wt.path
-    entry = registered.get(os.path.realpath(path))
-    if entry is not None and not Path(path).exists():
-        # Registered but its directory is gone (deleted by hand): forget it, then recreate below.
-        prune(repo)
-        entry = None
-    if entry is None:
-        if Path(path).exists() and any(Path(path).iterdir()):
-            other = _other_repository(path)
-            if other is not None:  # a sibling repository ran a feature of the same name: its work lives there
+    st = _lstat(path)
+    dotgit = os.path.join(path, ".git")
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode):
+            raise WorktreeError(
+                f"Cannot create workspace {path} for worker {wt.worker_id}: it is a {_kind(st)}",
+                hint="move it away or remove it, then launch again",
+            )
+        dst = _lstat(dotgit)
+        if dst is not None and stat.S_ISDIR(dst.st_mode):
+            raise WorktreeError(
+                f"Cannot create workspace {path} for worker {wt.worker_id}: it holds a git repository of its own",
+                hint="move it away or remove it, then launch again",
+            )
+        if dst is None and any(os.scandir(path)):
+            raise WorktreeError(
+                f"Cannot create workspace {path} for worker {wt.worker_id}: the directory exists, is not empty "
+                "and is not a workspace of this run",
+                hint="move it away or remove it, then launch again",
+            )
+        if dst is not None and stat.S_ISREG(dst.st_mode):
+            text = _read_small(dotgit)
+            if text.startswith("gitdir: ") and "/.git/worktrees/" in text:
                 raise WorktreeError(
-                    f"Cannot create worktree {path} for worker {wt.worker_id}: it is a worktree of another "
-                    f"repository, {other}, which shares the worktree directory {Path(path).parent.parent}",
-                    hint=f"use another feature name here, or finish that run and `mahabharatha cleanup "
-                    f"{Path(path).parent.name} --repo {other}`; never delete it by hand, it may hold work",
+                    f"{path} is a git worktree made by an older mahabharatha (workers now keep their git private)",
+                    hint=f"commit or copy its work, then `mahabharatha cleanup {Path(path).parent.name}`, then run again",
                 )
-            raise WorktreeError(
-                f"Cannot create worktree {path} for worker {wt.worker_id}: the directory exists, is not empty "
-                "and is not a git worktree of this repository",
-                hint="move it away or remove it, then launch again",
-            )
-        if os.path.lexists(wt.admin_dir):
-            raise WorktreeError(
-                f"Cannot create worktree {path} for worker {wt.worker_id}: its git metadata dir {wt.admin_dir} "
-                f"is taken by {_admin_owner(wt.admin_dir)}",
-                hint="run `mahabharatha cleanup FEATURE` for the feature that owns it, or `git worktree prune` "
-                "when that worktree was deleted by hand",
-            )
-        # git names a worktree's metadata dir after the directory it is added at: add it at a directory named
-        # like the planned metadata dir, then move it to its planned path (the metadata dir keeps its name).
-        add_at = str(Path(path).parent / os.path.basename(wt.admin_dir))
-        if add_at != path and os.path.lexists(add_at):
-            raise WorktreeError(
-                f"Cannot create worktree {path} for worker {wt.worker_id}: {add_at} is in the way",
-                hint="move it away or remove it, then launch again",
-            )
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if f"refs/heads/{wt.branch}" in branches:
-            git(repo, "worktree", "add", add_at, wt.branch)
-        else:
-            git(repo, "worktree", "add", "-b", wt.branch, add_at, wt.base)
-            branches.add(f"refs/heads/{wt.branch}")
-        if add_at != path:
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(path)  # an empty leftover: `worktree move` would move *into* an existing directory
-            git(repo, "worktree", "move", add_at, path)
-    else:
-        branch = entry.get("branch", "")
-        if branch != f"refs/heads/{wt.branch}":
-            shown = branch.removeprefix("refs/heads/") or "a detached HEAD"
-            raise WorktreeError(
-                f"Worktree {path} for worker {wt.worker_id} is on {shown}, expected {wt.branch}",
-                hint=f"commit its work, then `git -C {path} switch {wt.branch}` or `mahabharatha cleanup`",
-            )
-    actual = _admin_dir(path)
-    if not _same(actual, wt.admin_dir):
-        raise WorktreeError(
-            f"Worktree {path} uses git metadata dir {actual}, but the plan mounts {wt.admin_dir}",
-            hint="another worktree already uses that name; run `mahabharatha cleanup FEATURE` for the feature "
-            "that owns it, or `git worktree list` to find it",
-        )
+    ensure_worker_branch(repo, wt.branch, wt.base)
+    _mkdir(str(Path(path).parent))
+    _mkdir(path)
+    _mkdir(wt.git_dir)
+    # The mount points of the container's overlays, made by us (as the caller), so Docker does not create them
+    # as root in a directory the caller must later be able to remove.
+    write_small(dotgit, _dotgit_content(wt, host_git))
+    if not host_git:
+        _mkdir(os.path.join(path, ".git-worktree"))
 
 
-def _registry(repo: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
-    return {os.path.realpath(e["worktree"]): e for e in list_worktrees(repo) if "worktree" in e}
+def _read_small(path: str, limit: int = 4096) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, limit).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
 
 
-def ensure_worktree(repo: str | os.PathLike[str], wt: Worktree) -> None:
-    """Create worktree ``wt`` (and its branch from ``wt.base``) unless it already exists.
+def ensure_worktree(repo: str | os.PathLike[str], wt: Worktree, *, host_git: bool = False) -> None:
+    """Create workspace ``wt`` (and its branch from ``wt.base``) unless it exists; an existing one is kept.
 
-    An existing worktree is kept untouched; it must be on ``wt.branch`` and use ``wt.admin_dir`` as its git
-    metadata directory (the containers mount that directory), otherwise :class:`WorktreeError` explains.
+    ``host_git``: the worker runs on the host (subprocess mode), so the workspace's ``.git`` names the host
+    path of its private git directory instead of the container's.
     """
-    _ensure_one(repo, wt, _registry(repo), _branches(repo))
+    _ensure_one(repo, wt, host_git)
 
 
-def worktree_creator(repo: str | os.PathLike[str], base_branch: str) -> Callable[[Worktree], None]:
-    """Create the base branch now; return ``ensure(wt)`` for the worktrees, to be called one at a time.
-
-    git is asked once for the existing worktrees and branches, not once per worker, and callers may start
-    using worktree N (e.g. start its container) while N+1 is still being created.
-    """
+def worktree_creator(repo: str | os.PathLike[str], base_branch: str, *, host_git: bool = False) -> Callable[[Worktree], None]:
+    """Create the base branch now; return ``ensure(wt)`` for the workspaces, to be called one at a time."""
     ensure_base_branch(repo, base_branch)
-    registered, branches = _registry(repo), _branches(repo)
 
     def ensure(wt: Worktree) -> None:
-        _ensure_one(repo, wt, registered, branches)
+        _ensure_one(repo, wt, host_git)
 
     return ensure
 
 
-def ensure_worktrees(repo: str | os.PathLike[str], base_branch: str, worktrees: Iterable[Worktree]) -> None:
-    """The base branch, then every worktree (in order; each step idempotent)."""
-    ensure = worktree_creator(repo, base_branch)
+def ensure_worktrees(repo: str | os.PathLike[str], base_branch: str, worktrees: Iterable[Worktree], *, host_git: bool = False) -> None:
+    """The base branch, then every workspace (in order; each step idempotent)."""
+    ensure = worktree_creator(repo, base_branch, host_git=host_git)
     for wt in worktrees:
         ensure(wt)
 
 
 def feature_worktrees(repo: str | os.PathLike[str], feature: str) -> list[tuple[str, str]]:
-    """(path, branch) of the feature's worker worktrees (branches ``mahabharatha/<feature>/worker-*``)."""
-    prefix = f"refs/heads/{worker_branch_prefix(feature)}"
-    return [
-        (e["worktree"], e["branch"].removeprefix("refs/heads/"))
-        for e in list_worktrees(repo)
-        if e.get("branch", "").startswith(prefix)
-    ]
+    """(path, branch) of the feature's worker workspaces that exist (``worker-N`` beside the repository)."""
+    root = Path(os.fspath(repo)).parent / ".mahabharatha-worktrees" / feature
+    out = []
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            suffix = entry.name.removeprefix("worker-")
+            if entry.name.startswith("worker-") and suffix.isdigit() and entry.is_dir(follow_symlinks=False):
+                out.append((entry.path, f"{worker_branch_prefix(feature)}{suffix}"))
+    return out
 
 
-def uncommitted_changes(path: str | os.PathLike[str]) -> list[str]:
-    """``git status --porcelain`` lines of a worktree, ignoring container mount points."""
-    out = git(path, "status", "--porcelain", "--untracked-files=all", "--ignore-submodules=none")
-    changes = []
-    for line in out.splitlines():
-        name = line[3:].strip('"')
-        if line.startswith("??") and (name + "/").startswith(MOUNT_POINT_DIRS):
+def _blob_id(data_or_path: bytes | str, size: int) -> str:
+    h = hashlib.sha1(f"blob {size}\0".encode())
+    if isinstance(data_or_path, bytes):
+        h.update(data_or_path)
+        return h.hexdigest()
+    fd = os.open(data_or_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return ""
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tree_entries(repo: str | os.PathLike[str], commit: str) -> dict[str, tuple[str, str, int]]:
+    """path -> (mode, blob id, size) of every file in ``commit``."""
+    out = git(repo, "ls-tree", "-r", "-z", "--long", "--full-tree", commit)
+    entries: dict[str, tuple[str, str, int]] = {}
+    for record in out.split("\0"):
+        if not record:
             continue
-        changes.append(line)
+        meta, _, name = record.partition("\t")
+        mode, kind, sha, size = meta.split()
+        if kind == "blob":
+            entries[name] = (mode, sha, int(size) if size.isdigit() else -1)
+    return entries
+
+
+def _walk(top: str) -> tuple[list[tuple[str, os.stat_result]], bool]:
+    """Every non-directory entry under ``top`` as (relative path, lstat), never following symlinks, skipping
+    the mount points at the top. Second value: False when the walk was cut at the entry limit."""
+    found: list[tuple[str, os.stat_result]] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(top, rel) if rel else top))
+        except OSError:
+            continue
+        for entry in entries:
+            if not rel and entry.name in MOUNT_POINTS:
+                continue
+            sub = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if entry.name == ".git":
+                    found.append((sub, st))  # a nested repository: never user work to drop silently
+                else:
+                    stack.append(sub)
+                continue
+            found.append((sub, st))
+            if len(found) > _MAX_ENTRIES:
+                return found, False
+    return found, True
+
+
+def _ignored(repo: str | os.PathLike[str], top: str, paths: list[str], found: list[tuple[str, os.stat_result]]) -> set[str]:
+    """Which of ``paths`` the repository's ignore rules ignore. Only when every ``.gitignore`` in the workspace
+    is a small regular file (git reads them whole); otherwise nothing counts as ignored."""
+    if not paths:
+        return set()
+    for rel, st in found:
+        if os.path.basename(rel) == ".gitignore" and (not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_IGNORE_BYTES):
+            return set()
+    git_dir = git(repo, "rev-parse", "--absolute-git-dir")
+    out = git(
+        top, f"--git-dir={git_dir}", f"--work-tree={top}", "check-ignore", "--no-index", "-z", "--stdin",
+        check=False, input="\0".join(paths) + "\0",
+    )
+    return {p for p in out.split("\0") if p}
+
+
+def uncommitted_changes(repo: str | os.PathLike[str], path: str | os.PathLike[str], commit: str) -> list[str]:
+    """Differences between workspace ``path`` and ``commit`` (the worker branch), as ``git status``-like lines
+    (`` M file``, `` D file``, ``?? file``). Never runs git in the workspace, never follows its symlinks, reads
+    no file larger than 64 MiB (a larger file is changed unless its size differs anyway)."""
+    top = os.fspath(path)
+    tree = _tree_entries(repo, commit)
+    found, complete = _walk(top)
+    changes: list[str] = []
+    untracked: list[str] = []
+    seen: set[str] = set()
+    for rel, st in found:
+        seen.add(rel)
+        entry = tree.get(rel)
+        if entry is None:
+            untracked.append(rel)
+            continue
+        mode, sha, size = entry
+        if stat.S_ISLNK(st.st_mode):
+            target = os.fsencode(os.readlink(os.path.join(top, rel)))
+            if mode != "120000" or _blob_id(target, len(target)) != sha:
+                changes.append(f" M {rel}")
+            continue
+        if not stat.S_ISREG(st.st_mode) or mode not in ("100644", "100755"):
+            changes.append(f" M {rel}")
+            continue
+        if (mode == "100755") != bool(st.st_mode & 0o100) or st.st_size != size or st.st_size > _HASH_LIMIT:
+            changes.append(f" M {rel}")
+            continue
+        try:
+            same = _blob_id(os.path.join(top, rel), st.st_size) == sha
+        except OSError:
+            same = False
+        if not same:
+            changes.append(f" M {rel}")
+    if complete:
+        changes.extend(f" D {rel}" for rel in sorted(set(tree) - seen))
+    else:
+        changes.append("?? (more than 200000 files)")
+    ignored = _ignored(repo, top, untracked, found)
+    changes.extend(f"?? {rel}" for rel in sorted(untracked) if rel not in ignored)
     return changes
 
 
-def remove_worktree(repo: str | os.PathLike[str], path: str | os.PathLike[str], *, force: bool = False) -> bool:
-    """Remove a worktree (its branch stays). Returns False when it did not exist.
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove a directory tree a container wrote, never following its symlinks; read-only directories are made
+    writable first. Raises :class:`WorktreeError` naming what could not be removed (e.g. files of another user)."""
+    def onerror(func: Callable[..., object], failed: str, exc_info: object) -> None:
+        parent = os.path.dirname(failed)
+        with contextlib.suppress(OSError):
+            if not os.path.islink(parent):
+                os.chmod(parent, stat.S_IRWXU)
+        try:
+            func(failed)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise WorktreeError(
+                f"cannot remove {failed}: {exc.strerror}",
+                hint="it belongs to another user (e.g. root): remove it as that user",
+            ) from None
 
-    Refuses with :class:`WorktreeError` naming the changes when the worktree has uncommitted work, unless
-    ``force``.
-    """
-    path = str(path)
-    entry = _registered(repo, path)
-    if entry is None:
-        prune(repo)
+    if os.path.lexists(path):
+        if os.path.islink(path) or not os.path.isdir(path):
+            os.unlink(path)
+            return
+        shutil.rmtree(path, onerror=onerror)
+
+
+def remove_worktree(
+    repo: str | os.PathLike[str], path: str | os.PathLike[str], *, branch: str, force: bool = False,
+    git_dir: str | None = None,
+) -> bool:
+    """Remove a workspace (and the worker's private git directory); its branch stays. False when it did not
+    exist. Refuses with :class:`WorktreeError` naming the changes when it differs from its branch, unless
+    ``force``."""
+    path = os.fspath(path)
+    if not os.path.lexists(path):
+        if git_dir:
+            remove_tree(git_dir)
         return False
-    if Path(path).exists():
-        changes = uncommitted_changes(path)
-        if changes and not force:
+    if not force:
+        tip = git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", check=False)
+        changes = uncommitted_changes(repo, path, tip) if tip else ["?? (its branch is gone)"]
+        if changes:
             shown = ", ".join(c[3:] for c in changes[:5]) + (" …" if len(changes) > 5 else "")
             raise WorktreeError(
-                f"Worktree {path} has uncommitted changes ({shown}); not removing it",
+                f"Workspace {path} has uncommitted changes ({shown}); not removing it",
                 hint="commit or copy the work, or pass --force to discard it",
             )
-    # Clean (only empty mount-point dirs may remain, which plain `remove` counts as untracked) or forced.
-    git(repo, "worktree", "remove", "--force", path)
-    prune(repo)
+    remove_tree(path)
+    if git_dir:
+        remove_tree(git_dir)
     return True
 
 
 def prune(repo: str | os.PathLike[str]) -> None:
-    """Forget worktrees whose directories are gone."""
-    git(repo, "worktree", "prune")
+    """Forget git worktrees (made by older versions) whose directories are gone."""
+    git(repo, "worktree", "prune", check=False)

@@ -1,13 +1,17 @@
 """The worker loop (``python3 -m mahabharatha_worker`` in a container, ``python -m mahabharatha.worker`` on the host).
 
-1. Check git sees the workspace as this worker's worktree; print the ready line.
-2. Under the state lock, claim the next pending task of the current level.
+1. Say hello on the channel; the orchestrator answers with the commit this worker's branch stands on. Set up
+   the private repository (objects, index and refs of its own; the user's objects as alternates). Leftovers
+   of an interrupted task in the workspace are kept: sent as a bundle the orchestrator stores under
+   ``refs/mahabharatha/interrupted/...``. Then check out that commit and print the ready line.
+2. ``claim`` a task (the orchestrator answers when there is one, or when the run ends: no polling). The reply
+   carries the task as validated at the start of the run and the commit to start it from.
 3. Run ``$MAHABHARATHA_AGENT_COMMAND`` (``sh -c``, in the workspace) with the task in the environment, then the
    task's verification command (shell, with its timeout).
-4. Commit the work to the worker branch (message names the task), mark the task done; on failure park the
-   work on ``refs/mahabharatha/failed/<feature>/<task>`` and mark it failed. Append to ``progress.md``.
-5. No task to take: wait (short polls of the state file, growing to a small ceiling) until the orchestrator
-   advances the level (then merge the base branch in and go on) or ends the run.
+4. Commit the work on top of the start commit and ``finish`` the task with a bundle of that commit; the
+   orchestrator verifies it (only this worker's branch, descending from the start commit, files no other
+   task of the level owns) and imports it. A failed task's work goes the same way to
+   ``refs/mahabharatha/failed/<feature>/<task>``: kept, never merged.
 
 Exit codes (protocol): 0 run done, 1 unrecoverable error, 2 the agent reported its context limit (the task
 is claimable again), 3 the run ended blocked/failed, 130 SIGTERM/SIGINT (the task is claimable again; an
@@ -30,7 +34,7 @@ from typing import Any
 
 from . import gitsetup
 from . import protocol as P
-from . import state as S
+from .channel import Channel, ChannelError
 
 
 def say(text: str) -> None:
@@ -41,28 +45,32 @@ class Stop(Exception):
     """SIGTERM/SIGINT arrived."""
 
 
+class Refused(Exception):
+    """The orchestrator answered a request with an error (one line)."""
+
+
 class Worker:
     def __init__(self, env: dict[str, str]) -> None:
         try:
             self.worker_id = int(env[P.ENV_WORKER_ID])
             self.feature = env[P.ENV_FEATURE]
             self.branch = env[P.ENV_BRANCH]
-            self.base_branch = env[P.ENV_BASE_BRANCH]
-            self.state_dir = env[P.ENV_STATE_DIR]
-            self.spec_dir = env[P.ENV_SPEC_DIR]
+            self.channel_path = env[P.ENV_CHANNEL]
             self.agent_command = env[P.ENV_AGENT_COMMAND]
         except KeyError as exc:
             raise SystemExit(f"worker: environment variable {exc.args[0]} is not set") from None
         self.workspace = env.get(P.ENV_WORKSPACE) or P.WORKSPACE
-        self.main_git_dir = env.get(P.ENV_GIT_MAIN_DIR) or None
-        self.poll_max = float(env.get(P.ENV_POLL_MAX) or 0.1)
+        git_dir = env.get(P.ENV_GIT_WORKTREE_DIR) or P.GIT_WORKTREE_DIR
+        main_git = env.get(P.ENV_GIT_MAIN_DIR) or ""
+        alternates = os.path.join(main_git, "objects") if main_git else None
+        self.repo = gitsetup.Repo(self.workspace, git_dir, self.branch, alternates)
         self.stop_grace = float(env.get(P.ENV_STOP_GRACE) or 10)
         self._killer: threading.Timer | None = None
-        self.store = S.StateStore(self.state_dir, self.feature)
         self.stopping = False
+        self.waiting = False  # blocked on the channel: a stop signal ends the wait at once
         self.child: subprocess.Popen[bytes] | None = None
-        self.seen_level: int | None = None
-        self._graph: dict[str, Any] | None = None
+        self.channel: Channel | None = None
+        self.task_id: str | None = None
 
     # -- signals ------------------------------------------------------------------------------------------
     def on_signal(self, signum: int, _frame: Any) -> None:
@@ -79,6 +87,8 @@ class Worker:
                 self._killer = threading.Timer(self.stop_grace, self._kill_group, args=(child,))
                 self._killer.daemon = True
                 self._killer.start()
+        elif self.waiting:
+            raise Stop()
 
     @staticmethod
     def _kill_group(child: subprocess.Popen[bytes]) -> None:
@@ -92,23 +102,28 @@ class Worker:
         if self.stopping:
             raise Stop()
 
-    # -- helpers ------------------------------------------------------------------------------------------
-    def graph_task(self, task_id: str) -> dict[str, Any]:
-        if self._graph is None:
-            with open(os.path.join(self.spec_dir, P.GRAPH_FILE), encoding="utf-8") as fh:
-                self._graph = json.load(fh)
-        for task in self._graph.get("tasks", ()):
-            if task.get("id") == task_id:
-                return task
-        raise KeyError(task_id)
+    # -- the channel --------------------------------------------------------------------------------------
+    def ask(self, op: str, blob: bytes | None = None, *, wait: bool = False, **fields: Any) -> dict[str, Any]:
+        """One request to the orchestrator; its reply. A refusal (``ok: false``) raises :class:`Refused`."""
+        assert self.channel is not None
+        self.waiting = wait
+        try:
+            if wait:
+                self.check_stop()
+            reply = self.channel.request(op, blob, **fields)
+        finally:
+            self.waiting = False
+        if not reply.get("ok"):
+            raise Refused(str(reply.get("error") or f"{op} refused"))
+        return reply
 
     def progress(self, line: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        path = os.path.join(self.spec_dir, P.PROGRESS_FILE)
-        with self.store.lock():
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(f"- {stamp} worker {self.worker_id}: {line}\n")
+        try:
+            self.ask("progress", line=line[: P.MAX_PROGRESS_CHARS])
+        except (Refused, ChannelError):
+            pass  # a note, not the work
 
+    # -- helpers ------------------------------------------------------------------------------------------
     def run_shell(self, command: str, env: dict[str, str], timeout: float | None) -> int | None:
         """Run ``sh -c command`` in the workspace in its own process group; None on timeout."""
         self.check_stop()
@@ -130,11 +145,6 @@ class Worker:
             self.child = None
             sys.stdout.flush()
 
-    def owns(self, data: dict[str, Any], task_id: str) -> bool:
-        task = data["tasks"].get(task_id) or {}
-        return task.get("status") == S.CLAIMED and task.get("worker") == self.worker_id
-
-    # -- one task -----------------------------------------------------------------------------------------
     def prompt(self, task: dict[str, Any]) -> str:
         files = task.get("files") or {}
         parts = [
@@ -151,14 +161,51 @@ class Worker:
         parts.append("Work only on these files in the current directory; do not commit (the worker commits).")
         return "\n".join(p for p in parts if p)
 
-    def do_task(self, task_id: str, attempt: int) -> int | None:
-        """Run one claimed task. Returns an exit code when the worker must exit, else None."""
-        task = self.graph_task(task_id)
+    def _workspace_empty(self) -> bool:
+        skip = {".git", ".git-worktree", ".mahabharatha"}
+        try:
+            return not [n for n in os.listdir(self.workspace) if n not in skip]
+        except OSError:
+            return True
+
+    def keep_leftovers(self, start: str) -> None:
+        """Uncommitted work of a task this worker was stopped or killed in: keep it on a ref of its own (never
+        lost, never mixed into the next task), so the next task starts clean."""
+        repo = self.repo
+        mine = repo.git("rev-parse", "--verify", "--quiet", repo.ref, check=False).stdout.strip()
+        if mine and repo.has(mine):
+            parent = mine
+        elif self._workspace_empty():
+            return
+        else:
+            parent = start
+        leftover = repo.snapshot(parent, f"interrupted work of worker {self.worker_id} (uncommitted when it stopped)")
+        if leftover is None and parent != start and not repo.git(
+            "merge-base", "--is-ancestor", parent, start, check=False
+        ).returncode == 0:
+            leftover = parent  # committed here but never imported (the worker died before finishing)
+        if leftover is None:
+            return
+        try:
+            reply = self.ask("park", repo.bundle(P.PARK_REF, leftover, start), kind="interrupted", commit=leftover)
+        except Refused as exc:
+            say(f"[worker {self.worker_id}] could not keep the leftovers of an interrupted task: {exc}")
+            return
+        say(f"[worker {self.worker_id}] kept uncommitted leftovers of an interrupted task at {leftover[:10]} "
+            f"({reply.get('ref', 'refs/mahabharatha/interrupted/...')})")
+
+    # -- one task -----------------------------------------------------------------------------------------
+    def do_task(self, task: dict[str, Any], attempt: int, start: str) -> int | None:
+        """Run one claimed task from ``start``. Returns an exit code when the worker must exit, else None."""
+        task_id = str(task.get("id"))
+        self.task_id = task_id
+        self.repo.checkout(start)
         say(f"[worker {self.worker_id}] task {task_id} (attempt {attempt}): {task.get('title', '')}")
         fd, task_json = tempfile.mkstemp(prefix=f"task-{task_id}-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(task, fh, indent=1)
         env = dict(os.environ)
+        env.pop(P.ENV_CHANNEL, None)
         env.update(
             {
                 P.ENV_TASK_ID: task_id,
@@ -171,8 +218,7 @@ class Worker:
             code = self.run_shell(self.agent_command, env, None)
             self.check_stop()
             if code == P.EXIT_CONTEXT_LIMIT:
-                with self.store.transaction() as data:
-                    S.release_worker(data, self.worker_id)
+                self.ask("release")
                 say(f"[worker {self.worker_id}] agent reached its context limit on {task_id}; exiting 2")
                 self.progress(f"{task_id} context limit reached; task released")
                 return P.EXIT_CONTEXT_LIMIT
@@ -200,83 +246,57 @@ class Worker:
         finally:
             os.unlink(task_json)
         title = task.get("title") or task_id
+        repo = self.repo
         if error:
-            failed_ref = P.failed_ref(self.feature, task_id)
-            parked = gitsetup.park_failed_work(self.workspace, failed_ref, f"{task_id} (failed): {title}")
-            if parked:
-                error += f" (work kept at {failed_ref})"
-            with self.store.transaction() as data:
-                if self.owns(data, task_id):
-                    S.finish_task(data, task_id, S.FAILED, error=error)
-            say(f"[worker {self.worker_id}] task {task_id} FAILED: {error}")
-            self.progress(f"{task_id} failed: {error}")
+            parked = repo.snapshot(start, f"{task_id} (failed): {title}")
+            blob = repo.bundle(P.PARK_REF, parked, start) if parked else None
+            reply = self.ask("finish", blob, task=task_id, status="failed", error=error, commit=parked or "")
+            repo.checkout(start)
+            shown = reply.get("error") or error
+            say(f"[worker {self.worker_id}] task {task_id} FAILED: {shown}")
             return None
-        commit = gitsetup.commit_all(self.workspace, f"{task_id}: {title}\n\nmahabharatha worker {self.worker_id}, feature {self.feature}") or ""
-        with self.store.transaction() as data:
-            if self.owns(data, task_id):  # not taken away meanwhile (e.g. failed by the worker timeout)
-                S.finish_task(data, task_id, S.DONE, commit=commit)
-        say(f"[worker {self.worker_id}] task {task_id} done{' (' + commit[:10] + ')' if commit else ' (no changes)'}")
-        self.progress(f"{task_id} done{' ' + commit[:10] if commit else ''}")
+        commit = repo.snapshot(start, f"{task_id}: {title}\n\nmahabharatha worker {self.worker_id}, feature {self.feature}")
+        blob = repo.bundle(repo.ref, commit, start) if commit else None
+        reply = self.ask("finish", blob, task=task_id, status="done", commit=commit or "")
+        if reply.get("status") == "done":
+            repo.checkout(commit or start)
+            say(f"[worker {self.worker_id}] task {task_id} done{' (' + commit[:10] + ')' if commit else ' (no changes)'}")
+        else:  # the orchestrator rejected the result (or the task was taken away meanwhile)
+            repo.checkout(start)
+            say(f"[worker {self.worker_id}] task {task_id} FAILED: {reply.get('error', 'rejected')}")
+        self.task_id = None
         return None
 
     # -- the loop -----------------------------------------------------------------------------------------
-    def wait_for_change(self, seq: int) -> None:
-        """Block until the state was written after write number ``seq`` (or a stop arrives), polling with a
-        growing delay. ``seq`` is read *before* the state was last examined, so no update is missed."""
-        delay = 0.02
-        while self.store.seq() == seq:
-            self.check_stop()
-            time.sleep(delay)
-            delay = min(delay * 2, self.poll_max)
-
     def run(self) -> int:
         try:
-            gitsetup.check_worktree(self.workspace, self.branch, self.main_git_dir)
+            self.channel = Channel(self.channel_path)
+        except ChannelError as exc:
+            say(f"[worker {self.worker_id}] {exc}: the orchestrator starts workers (mahabharatha kurukshetra)")
+            return P.EXIT_ERROR
+        hello = self.ask("hello")
+        start = str(hello["start"])
+        try:
+            self.repo.ensure()
+            if not self.repo.has(start):
+                raise gitsetup.GitSetupError(
+                    f"the worker's repository cannot see commit {start[:10]} of the run (is /repo/.git mounted?)"
+                )
+            self.keep_leftovers(start)
+            self.repo.checkout(start)
         except gitsetup.GitSetupError as exc:
             say(f"[worker {self.worker_id}] git setup failed: {exc}")
             return P.EXIT_ERROR
-        # Uncommitted leftovers of a task this worker was stopped or killed in: keep them on a ref of their
-        # own (never lost, never mixed into the next task's commit), and start from a clean branch.
-        parked = gitsetup.park_failed_work(
-            self.workspace,
-            f"{P.interrupted_ref_prefix(self.feature, self.worker_id)}{int(time.time())}",
-            f"interrupted work of worker {self.worker_id} (uncommitted when it stopped)",
-        )
-        if parked:
-            say(f"[worker {self.worker_id}] kept uncommitted leftovers of an interrupted task at {parked[:10]} "
-                f"({P.interrupted_ref_prefix(self.feature, self.worker_id)}*)")
-        if not self.store.exists():
-            say(f"[worker {self.worker_id}] no state at {self.store.path}: the orchestrator starts workers")
-            return P.EXIT_ERROR
-        with self.store.transaction() as data:
-            S.release_worker(data, self.worker_id)  # claims left by an earlier run of this worker
-            self.seen_level = data["level"]
-        # A resumed or restarted worker may have missed level merges: start from the merged base.
-        gitsetup.merge_base_branch(self.workspace, self.base_branch)
         say(P.ready_line(self.worker_id))
         while True:
-            self.check_stop()
-            data = self.store.read() or {}
-            seq = int(data.get("seq", 0))
-            status = data.get("status")
-            if status in S.FINAL:
-                say(f"[worker {self.worker_id}] run {status}; exiting")
-                if status == "done":
+            reply = self.ask("claim", wait=True)
+            final = reply.get("final")
+            if final:
+                say(f"[worker {self.worker_id}] run {final}; exiting")
+                if final == "done":
                     return P.EXIT_DONE
-                return P.EXIT_STOPPED if status == "stopped" else P.EXIT_BLOCKED
-            if data.get("level") != self.seen_level:
-                gitsetup.merge_base_branch(self.workspace, self.base_branch)
-                self.seen_level = data.get("level")
-                say(f"[worker {self.worker_id}] level {self.seen_level}: merged {self.base_branch}")
-            with self.store.transaction() as data:
-                if data.get("level") != self.seen_level or data.get("seq") != seq:
-                    continue  # changed since we looked: look again
-                task_id = S.claim_next(data, self.worker_id)
-                attempt = data["tasks"][task_id]["attempts"] if task_id else 0
-            if task_id is None:
-                self.wait_for_change(seq)
-                continue
-            code = self.do_task(task_id, attempt)
+                return P.EXIT_STOPPED if final == "stopped" else P.EXIT_BLOCKED
+            code = self.do_task(reply["task"], int(reply["attempt"]), str(reply["start"]))
             if code is not None:
                 return code
 
@@ -289,16 +309,22 @@ def main() -> int:
         return worker.run()
     except Stop:
         try:
-            with worker.store.transaction() as data:
-                released = S.release_worker(data, worker.worker_id)
-            if released:
-                worker.progress(f"stopped; {', '.join(released)} released")
+            if worker.channel is not None:
+                released = worker.channel.request("release").get("released") or []
+                if released:
+                    say(f"[worker {worker.worker_id}] stopped; {', '.join(map(str, released))} released")
         except Exception as exc:  # noqa: BLE001 - exiting anyway; say why the release failed
             say(f"[worker {worker.worker_id}] could not release tasks: {exc}")
         say(f"[worker {worker.worker_id}] stopped by signal")
         return P.EXIT_STOPPED
     except gitsetup.GitSetupError as exc:
         say(f"[worker {worker.worker_id}] git error: {exc}")
+        return P.EXIT_ERROR
+    except ChannelError as exc:
+        say(f"[worker {worker.worker_id}] {exc}")
+        return P.EXIT_ERROR
+    except Refused as exc:
+        say(f"[worker {worker.worker_id}] the orchestrator refused: {exc}")
         return P.EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - exit 1 with one line, the host fails the task
         say(f"[worker {worker.worker_id}] error: {type(exc).__name__}: {exc}")

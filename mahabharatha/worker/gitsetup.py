@@ -1,10 +1,14 @@
-"""Git inside the worker: check that ``/workspace`` is the worker's worktree, and the few git steps the loop needs.
+"""Git inside the worker: a private repository for the workspace, and the steps the loop needs.
 
-The host does the setup: read-only overlay files are bind-mounted over the worktree's ``.git`` pointer and
-over the metadata's ``commondir`` and ``gitdir`` (see DESIGN.md), so container git finds the shared
-repository at ``/repo/.git`` while the host's own files are never rewritten. This module only verifies the
-result (and says precisely what is wrong when it is not right), then commits and merges. Identity comes from
-``GIT_AUTHOR_*``/``GIT_COMMITTER_*`` in the environment, never from the shared config.
+The worker never writes the user's repository. Its git directory is private (``/workspace/.git-worktree``
+in a container: its own objects, index and refs), with the user's object store (``/repo/.git/objects``,
+mounted read-only) as its *alternates*, so nothing is copied and every commit of the run is readable. The
+workspace's ``.git`` file (mounted read-only) points at that directory, so an agent's own ``git status``
+works as usual. A task's result leaves as a git bundle the orchestrator verifies and imports.
+
+Every call passes ``GIT_DIR``/``GIT_WORK_TREE`` explicitly and disables hooks, fsmonitor and signing: the
+private config is writable by the agent, and worker commits are machine commits. Identity comes from
+``GIT_AUTHOR_*``/``GIT_COMMITTER_*`` in the environment.
 
 Standard library only.
 """
@@ -13,98 +17,106 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 
-__all__ = ["GitSetupError", "git", "check_worktree", "commit_all", "merge_base_branch", "head", "park_failed_work"]
+__all__ = ["GitSetupError", "Repo"]
+
+_HARDENING = (
+    "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false",
+)  # (GIT_WORK_TREE in the environment beats a planted core.worktree)
+EXCLUDES = "/.git-worktree/\n/.mahabharatha/\n"
 
 
 class GitSetupError(Exception):
-    """Git in the worker does not see the expected worktree or branch."""
+    """Git in the worker cannot do what the loop needs (one line, git's own reason)."""
 
 
-def git(workspace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "LC_ALL": "C"})
-    try:
-        proc = subprocess.run(
-            # Worker commits are machine commits: no hooks, and no signing (a user's commit.gpgSign=true would
-            # fail every commit, the key is not in the container).
-            ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false", *args],
-            cwd=workspace,
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-    except FileNotFoundError:
-        if not os.path.isdir(workspace):
-            raise GitSetupError(f"the workspace {workspace} does not exist") from None
-        raise GitSetupError(
-            "git is not installed in the worker image (not on PATH); every worker image needs python3 and git: "
-            "install git in it, or rebuild it from .devcontainer/Dockerfile (`mahabharatha build-image`)"
-        ) from None
-    if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise GitSetupError(f"git {' '.join(args)} failed: {detail[-1] if detail else proc.returncode}")
-    return proc
+class Repo:
+    """The worker's private repository: ``git_dir`` for the work tree ``workspace``."""
+
+    def __init__(self, workspace: str, git_dir: str, branch: str, alternates: str | None) -> None:
+        self.workspace = workspace
+        self.git_dir = git_dir
+        self.branch = branch
+        self.ref = f"refs/heads/{branch}"
+        self.alternates = alternates
+
+    def git(self, *args: str, check: bool = True, input: str | None = None, bare: bool = False) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ)
+        env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "LC_ALL": "C"})
+        if bare:
+            env.pop("GIT_DIR", None)
+            env.pop("GIT_WORK_TREE", None)
+        else:
+            env.update({"GIT_DIR": self.git_dir, "GIT_WORK_TREE": self.workspace})
+        try:
+            proc = subprocess.run(
+                ["git", *_HARDENING, *args], cwd=self.workspace, capture_output=True, text=True, env=env, input=input
+            )
+        except FileNotFoundError:
+            if not os.path.isdir(self.workspace):
+                raise GitSetupError(f"the workspace {self.workspace} does not exist") from None
+            raise GitSetupError(
+                "git is not installed in the worker image (not on PATH); every worker image needs python3 and "
+                "git: install git in it, or rebuild it from .devcontainer/Dockerfile (`mahabharatha build-image`)"
+            ) from None
+        if check and proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise GitSetupError(f"git {' '.join(args[:3])} failed: {detail[-1] if detail else proc.returncode}")
+        return proc
+
+    # -- setup --------------------------------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Create the private repository when missing; (re)write what the loop relies on every time (the agent
+        may have changed it): alternates, excludes, HEAD on the worker branch, a non-bare config."""
+        if not os.path.isdir(self.workspace):
+            raise GitSetupError(f"the workspace {self.workspace} does not exist")
+        os.makedirs(self.git_dir, exist_ok=True)
+        if not os.path.isfile(os.path.join(self.git_dir, "HEAD")):
+            self.git("init", "-q", "--bare", self.git_dir, bare=True)
+        self.git("config", "core.bare", "false")
+        for sub in ("objects/info", "info"):
+            os.makedirs(os.path.join(self.git_dir, sub), exist_ok=True)
+        if self.alternates:
+            _write(os.path.join(self.git_dir, "objects", "info", "alternates"), self.alternates + "\n")
+        _write(os.path.join(self.git_dir, "info", "exclude"), EXCLUDES)
+        self.git("symbolic-ref", "HEAD", self.ref)
+
+    def has(self, commit: str) -> bool:
+        return self.git("cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode == 0
+
+    # -- states of the work tree --------------------------------------------------------------------------
+    def snapshot(self, parent: str, message: str) -> str | None:
+        """A commit of the whole work tree (untracked files included, ignored ones not) on top of ``parent``,
+        or None when the tree equals ``parent``'s. Nothing is checked out or moved."""
+        self.git("add", "-A")
+        tree = self.git("write-tree").stdout.strip()
+        if tree == self.git("rev-parse", f"{parent}^{{tree}}").stdout.strip():
+            return None
+        return self.git("commit-tree", tree, "-p", parent, "-m", message).stdout.strip()
+
+    def checkout(self, commit: str) -> None:
+        """Make the branch, index and work tree ``commit`` (files the commit does not track and the index did
+        not know stay, as with ``git reset --hard``)."""
+        self.git("update-ref", self.ref, commit)
+        self.git("reset", "-q", "--hard", commit)
+
+    def bundle(self, ref: str, tip: str, start: str) -> bytes:
+        """A bundle of ``ref`` = ``tip`` holding the commits since ``start`` (which the orchestrator has)."""
+        self.git("update-ref", ref, tip)
+        fd, path = tempfile.mkstemp(prefix="mahabharatha-", suffix=".bundle")
+        os.close(fd)
+        try:
+            self.git("bundle", "create", "-q", path, ref, f"^{start}")
+            with open(path, "rb") as fh:
+                return fh.read()
+        finally:
+            os.unlink(path)
 
 
-def check_worktree(workspace: str, branch: str, main_git_dir: str | None = None) -> str:
-    """Verify git sees ``workspace`` as a worktree on ``branch`` (and, when given, its common dir is
-    ``main_git_dir``). Returns the HEAD commit. Raises :class:`GitSetupError` naming the problem."""
-    top = git(workspace, "rev-parse", "--show-toplevel", check=False)
-    if top.returncode != 0:
-        raise GitSetupError(
-            f"git does not see {workspace} as a worktree ({top.stderr.strip() or 'rev-parse failed'}); "
-            "are the overlay files mounted over .git and .git-worktree/commondir?"
-        )
-    if os.path.realpath(top.stdout.strip()) != os.path.realpath(workspace):
-        raise GitSetupError(f"git's worktree is {top.stdout.strip()}, expected {workspace}")
-    if main_git_dir:
-        common = git(workspace, "rev-parse", "--path-format=absolute", "--git-common-dir").stdout.strip()
-        if os.path.realpath(common) != os.path.realpath(main_git_dir):
-            raise GitSetupError(f"git's common dir is {common}, expected {main_git_dir}")
-    ref = git(workspace, "symbolic-ref", "-q", "HEAD", check=False).stdout.strip()
-    if ref != f"refs/heads/{branch}":
-        raise GitSetupError(f"{workspace} is on {ref or 'a detached HEAD'}, expected refs/heads/{branch}")
-    return head(workspace)
-
-
-def head(workspace: str) -> str:
-    return git(workspace, "rev-parse", "HEAD").stdout.strip()
-
-
-def commit_all(workspace: str, message: str) -> str | None:
-    """Stage everything (the excludes file keeps mount points out) and commit. Returns the commit, or None
-    when there was nothing to commit."""
-    git(workspace, "add", "-A")
-    if git(workspace, "diff", "--cached", "--quiet", check=False).returncode == 0:
-        return None
-    git(workspace, "commit", "-q", "--no-verify", "-m", message)
-    return head(workspace)
-
-
-def park_failed_work(workspace: str, ref: str, message: str) -> str | None:
-    """Commit a failed task's work onto ``ref`` (not the worker branch) and reset the worktree, so the work is
-    kept for inspection but never merged. Returns the parked commit, or None when there was no change."""
-    before = head(workspace)
-    commit = commit_all(workspace, message)
-    if commit is None:
-        return None
-    git(workspace, "update-ref", ref, commit)
-    git(workspace, "reset", "-q", "--hard", before)
-    return commit
-
-
-def merge_base_branch(workspace: str, base_branch: str) -> None:
-    """Bring the merged base into the worker branch (normally a fast-forward: base contains this branch).
-    Nothing happens when the branch already contains the base."""
-    if git(workspace, "merge-base", "--is-ancestor", base_branch, "HEAD", check=False).returncode == 0:
-        return
-    if git(workspace, "merge", "-q", "--ff-only", base_branch, check=False).returncode == 0:
-        return
-    proc = git(workspace, "merge", "-q", "--no-edit", "--no-verify", base_branch, check=False)
-    if proc.returncode != 0:
-        conflicts = git(workspace, "diff", "--name-only", "--diff-filter=U", check=False).stdout.split()
-        git(workspace, "merge", "--abort", check=False)  # leave the worktree as it was, not mid-merge
-        raise GitSetupError(
-            f"merging {base_branch} into the worker branch conflicts in: {', '.join(conflicts) or '(unknown)'}"
-        )
+def _write(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` (a symlink planted there is replaced, not followed)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

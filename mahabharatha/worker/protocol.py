@@ -1,7 +1,9 @@
 """The contract between the host and a worker container (stdlib only).
 
-A worker talks to the host only through: its stdout (the host log), the shared state directory, git,
-and its exit code.
+A worker talks to the host only through: its stdout (the host log), its channel to the orchestrator (a
+Unix socket in a read-only mounted directory of its own: claims, finishes, progress, and its commits as git
+bundles the orchestrator verifies and imports), and its exit code. It never writes the user's repository,
+the run state or the user's checkout: those belong to the orchestrator.
 """
 
 from __future__ import annotations
@@ -55,11 +57,14 @@ def interrupted_ref_prefix(feature: str, worker_id: int) -> str:
 
 # Paths inside the container.
 WORKSPACE = "/workspace"
-STATE_MOUNT = "/workspace/.mahabharatha/state"  # <repo>/.mahabharatha/state on the host
+CHANNEL_DIR = "/opt/mahabharatha/channel"  # <repo>/.mahabharatha/state/<feature>/channel/worker-N, read-only
+CHANNEL_SOCKET = "worker.sock"  # the orchestrator listens on CHANNEL_DIR/CHANNEL_SOCKET
 RUNTIME_LIB = "/opt/mahabharatha/lib"  # parent of the mounted runtime package
 RUNTIME_PACKAGE = "mahabharatha_worker"  # this directory, mounted at RUNTIME_LIB/RUNTIME_PACKAGE
-GIT_WORKTREE_DIR = "/workspace/.git-worktree"  # <repo>/.git/worktrees/<feature>-worker-N
-GIT_MAIN_DIR = "/repo/.git"  # <repo>/.git
+# The worker's private git directory (objects, index, refs; the user's objects are its alternates):
+# <repo>/.mahabharatha/runtime/<feature>/worker-N/git on the host, never read or run by host git.
+GIT_WORKTREE_DIR = "/workspace/.git-worktree"
+GIT_MAIN_DIR = "/repo/.git"  # <repo>/.git, read-only
 WORKER_HOME = "/home/worker"
 
 # Environment variable names the plan sets for every worker.
@@ -69,7 +74,7 @@ ENV_BRANCH = "ZERG_BRANCH"
 ENV_BASE_BRANCH = "MAHABHARATHA_BASE_BRANCH"
 ENV_GIT_WORKTREE_DIR = "ZERG_GIT_WORKTREE_DIR"
 ENV_GIT_MAIN_DIR = "ZERG_GIT_MAIN_DIR"
-ENV_STATE_DIR = "MAHABHARATHA_STATE_DIR"
+ENV_CHANNEL = "MAHABHARATHA_CHANNEL"  # path of the orchestrator's socket for this worker
 ENV_AGENT_COMMAND = "MAHABHARATHA_AGENT_COMMAND"
 # Given to the agent command for each task.
 ENV_TASK_ID = "MAHABHARATHA_TASK_ID"
@@ -86,3 +91,13 @@ ENV_POLL_MAX = "MAHABHARATHA_POLL_MAX"
 ENV_STOP_GRACE = "MAHABHARATHA_STOP_GRACE"
 GRAPH_FILE = "task-graph.json"
 PROGRESS_FILE = "progress.md"
+
+# The ref a worker's bundle carries: its branch for finished work, PARK_REF for work to keep but not merge
+# (a failed task's, or leftovers of an interrupted one).
+PARK_REF = "refs/mahabharatha/park"
+
+# Channel limits (the orchestrator enforces them; a worker stays below them).
+MAX_MESSAGE_BYTES = 1 << 20  # one JSON message
+MAX_BUNDLE_BYTES = 256 << 20  # one bundle (a task's commits)
+MAX_PROGRESS_CHARS = 500
+CHANNEL_OPS = frozenset({"hello", "claim", "finish", "park", "release", "progress"})

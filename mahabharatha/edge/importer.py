@@ -1,0 +1,149 @@
+"""Import a worker's result (a git bundle it sent over its channel) into the user's repository, verified.
+
+The worker never writes the user's ``.git``; what it produced arrives as data. :func:`import_bundle` takes
+the bytes, never a path a container could have replaced, and admits them only when every rule holds:
+
+1. the bundle names exactly one ref, the one this kind of result must carry (the worker's own branch for a
+   finished task, :data:`~mahabharatha.worker.protocol.PARK_REF` for work to keep), pointing at the commit
+   the worker claims;
+2. git fetches it with ``transfer.fsckObjects`` (malformed objects, ``.git`` paths and the like are
+   refused) into a ref of the run's own incoming namespace;
+3. the commit descends from the commit the orchestrator told the worker to start from (for finished work);
+4. it changes no file that another task of the same level owns (``files.create``/``files.modify``), so one
+   worker's result cannot make the level's merge conflict.
+
+Then the destination ref (always under the run's namespaces) moves, compare-and-swap. The rules are the pure
+:func:`verdict`, property-tested; git answers the questions it needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from ..errors import MahabharathaError
+from ..worker import protocol as P
+from .git import git, git_ok
+
+__all__ = ["ImportRejected", "Imported", "verdict", "parse_heads", "import_bundle"]
+
+_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_FSCK = ("-c", "transfer.fsckObjects=true", "-c", "fetch.fsckObjects=true", "-c", "fetch.writeCommitGraph=false")
+
+
+class ImportRejected(MahabharathaError):
+    """A worker's result that the orchestrator does not admit (one line: why)."""
+
+
+class Imported(msgspec.Struct, frozen=True):
+    commit: str
+    ref: str
+
+
+def parse_heads(text: str) -> list[tuple[str, str]]:
+    """``git bundle list-heads`` output as (commit, ref) pairs."""
+    heads = []
+    for line in text.splitlines():
+        sha, _, ref = line.strip().partition(" ")
+        if sha:
+            heads.append((sha, ref))
+    return heads
+
+
+def verdict(
+    *,
+    heads: list[tuple[str, str]],
+    expected_ref: str,
+    commit: str,
+    start: str | None,
+    descends: Callable[[str, str], bool],
+    changed: Callable[[], Iterable[str]],
+    foreign: dict[str, str],
+) -> str | None:
+    """Why the result must be rejected (one line), or None to admit it.
+
+    ``descends(a, b)``: whether commit ``b`` descends from (or is) ``a``; ``changed()``: the paths the result
+    changes against ``start``; ``foreign``: path -> task id of the files other tasks of the level own.
+    """
+    if not _SHA.match(commit):
+        return f"the claimed commit {commit[:50]!r} is not a commit id"
+    if len(heads) != 1:
+        shown = ", ".join(ref[:80] for _, ref in heads[:3]) or "none"
+        return f"the bundle must carry exactly one ref ({expected_ref}), it carries {len(heads)}: {shown}"
+    (sha, ref), = heads
+    if ref != expected_ref:
+        return f"the bundle carries {ref[:80]!r}, not {expected_ref}"
+    if sha != commit:
+        return f"the bundle's {ref} is {sha[:12]}, not the claimed commit {commit[:12]}"
+    if start is not None and not descends(start, commit):
+        return f"commit {commit[:12]} does not descend from {start[:12]}, the commit the task started from"
+    if foreign:
+        taken = sorted({path for path in changed() if path in foreign})
+        if taken:
+            shown = ", ".join(f"{p} (task {foreign[p]})" for p in taken[:5])
+            return f"it changes files other tasks of the level own: {shown}"
+    return None
+
+
+def import_bundle(
+    repo: str,
+    bundle: bytes,
+    *,
+    expected_ref: str,
+    commit: str,
+    dest_ref: str,
+    incoming_ref: str,
+    start: str | None = None,
+    foreign: dict[str, str] | None = None,
+    keep_rejected_at: str | None = None,
+) -> Imported:
+    """Verify and import ``bundle``; move ``dest_ref`` to its commit. Raises :class:`ImportRejected`.
+
+    A bundle git accepted but a rule refused is kept at ``keep_rejected_at`` when given (for inspection,
+    never merged). ``dest_ref``, ``incoming_ref`` and ``keep_rejected_at`` must lie in the run's namespaces.
+    """
+    if len(bundle) > P.MAX_BUNDLE_BYTES:
+        raise ImportRejected(f"a bundle of {len(bundle)} bytes, over the limit of {P.MAX_BUNDLE_BYTES}")
+    fd, path = tempfile.mkstemp(prefix="mahabharatha-import-", suffix=".bundle")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(bundle)
+        listed = git(repo, "bundle", "list-heads", path, check=False)
+        heads = parse_heads(listed)
+        early = verdict(
+            heads=heads, expected_ref=expected_ref, commit=commit, start=None,
+            descends=lambda a, b: True, changed=lambda: (), foreign={},
+        )
+        if early:
+            raise ImportRejected(early)
+        try:
+            git(repo, *_FSCK, "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+                path, f"+{expected_ref}:{incoming_ref}")
+        except MahabharathaError as exc:
+            raise ImportRejected(f"git refused the bundle: {str(exc).rsplit(': ', 1)[-1][:200]}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    try:
+        got = git(repo, "rev-parse", "--verify", "--quiet", f"{incoming_ref}^{{commit}}", check=False)
+        if got != commit:
+            raise ImportRejected(f"the bundle's commit {got[:12] or '(none)'} is not the claimed {commit[:12]}")
+        reason = verdict(
+            heads=heads, expected_ref=expected_ref, commit=commit, start=start,
+            descends=lambda a, b: git_ok(repo, "merge-base", "--is-ancestor", a, b),
+            changed=lambda: git(repo, "diff-tree", "-r", "-z", "--name-only", "--no-renames", str(start), commit).split("\0"),
+            foreign=foreign or {},
+        )
+        if reason:
+            if keep_rejected_at:
+                git(repo, "update-ref", keep_rejected_at, commit)
+            raise ImportRejected(reason)
+        git(repo, "update-ref", dest_ref, commit)
+        return Imported(commit=commit, ref=dest_ref)
+    finally:
+        git(repo, "update-ref", "-d", incoming_ref, check=False)
