@@ -308,8 +308,10 @@ def uncommitted_changes(repo: str | os.PathLike[str], path: str | os.PathLike[st
     (`` M file``, `` D file``, ``?? file``). Never runs git in the workspace, never follows its symlinks, reads
     no file larger than 64 MiB (a larger file is changed unless its size differs anyway)."""
     top = os.fspath(path)
-    tree = _tree_entries(repo, commit)
     found, complete = _walk(top)
+    if not found and complete:
+        return []  # never populated (or emptied): nothing in it could be lost
+    tree = _tree_entries(repo, commit)
     changes: list[str] = []
     untracked: list[str] = []
     seen: set[str] = set()

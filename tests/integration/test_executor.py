@@ -103,17 +103,23 @@ def test_running_worker_sees_the_plan(docker_client: Any, make_plan: Callable[..
     assert out.split() == [str(os.getuid()), str(os.getgid())]
     code, out = _sh(docker_client, handle, "touch /usr/x 2>&1; echo rc=$?; touch /tmp/x /home/worker/x && echo tmp-ok")
     assert "Read-only file system" in out and "rc=1" in out and "tmp-ok" in out
-    code, out = _sh(docker_client, handle, "touch /repo/.git/hooks/evil 2>&1; touch /repo/.git/config 2>&1; echo done")
-    assert out.count("Read-only file system") == 2
+    # Nothing of the user's repository or checkout is writable: not .git (HEAD, refs, objects, config, hooks,
+    # commondir), not .gsd, not the channel directory; the state directory is not there at all.
     code, out = _sh(docker_client, handle, (
-        "cat /workspace/.git /workspace/.git-worktree/commondir /workspace/.git-worktree/gitdir; "
+        "for f in /repo/.git/hooks/evil /repo/.git/config /repo/.git/HEAD /repo/.git/commondir "
+        "/repo/.git/refs/heads/x /repo/.git/objects/x /repo/.gsd/x /opt/mahabharatha/channel/x /workspace/.git; "
+        "do touch $f 2>&1; done; echo done"
+    ))
+    assert out.count("Read-only file system") == 9, out
+    code, out = _sh(docker_client, handle, (
+        "cat /workspace/.git; "
         "test -f /opt/mahabharatha/lib/mahabharatha_worker/protocol.py && echo runtime-ok; "
         "test -f /home/worker/.claude/settings.json && echo claude-ok; "
-        "test -d /workspace/.mahabharatha/state && echo state-ok"
+        "test -d /workspace/.git-worktree && test -w /workspace/.git-worktree && echo private-git-ok; "
+        "test -e /workspace/.mahabharatha/state || echo no-state-ok"
     ))
     assert out.split() == [
-        "gitdir:", "/workspace/.git-worktree", "/repo/.git", "/workspace/.git",
-        "runtime-ok", "claude-ok", "state-ok",
+        "gitdir:", "/workspace/.git-worktree", "runtime-ok", "claude-ok", "private-git-ok", "no-state-ok",
     ]
 
     # The environment is the plan's, plus the secret.
@@ -141,31 +147,39 @@ def test_running_worker_sees_the_plan(docker_client: Any, make_plan: Callable[..
     assert "MAHABHARATHA_WORKER_READY worker=0" in Path(spec.log_path).read_text()
 
 
-def test_git_commit_in_worker_lands_on_its_branch(docker_client: Any, make_plan: Callable[..., LaunchPlan], ready_command: Any,
-                                                  git_repo: Path) -> None:
+def test_git_commit_in_a_worker_stays_in_its_private_repository(docker_client: Any, make_plan: Callable[..., LaunchPlan],
+                                                                ready_command: Any, git_repo: Path) -> None:
+    """An agent's own ``git commit`` in /workspace works (the private repository, the user's objects as
+    alternates), and reaches nothing of the user's: the branch, the refs and the object store stay as they were
+    until the orchestrator imports a result."""
     plan = make_plan(1, command=ready_command())
     (handle,) = executor.execute(plan, client=docker_client).workers
     wt = plan.workers[0].worktree
     base = _git(git_repo, "rev-parse", "HEAD")
-    dotgit_before = (Path(wt.path) / ".git").read_text()
-
-    code, out = _sh(docker_client, handle, "git status --porcelain && git rev-parse --abbrev-ref HEAD")
-    assert (code, out.strip()) == (0, wt.branch)  # clean: mount points are excluded
+    refs_before = _git(git_repo, "for-each-ref")
+    setup = (
+        "python3 -c \"from mahabharatha_worker.gitsetup import Repo; "
+        f"r = Repo('/workspace', '/workspace/.git-worktree', '{wt.branch}', '/repo/.git/objects'); "
+        f"r.ensure(); r.checkout('{base}')\""
+    )
+    code, out = _sh(docker_client, handle, f"{setup} && git status --porcelain && git rev-parse --abbrev-ref HEAD")
+    assert (code, out.strip()) == (0, wt.branch), out  # clean: mount points are excluded
     code, out = _sh(docker_client, handle, (
-        "echo work > result.txt && git add result.txt && git commit -q -m 'from worker' && git status --porcelain"
+        "echo work > result.txt && git add result.txt && git commit -q -m 'from worker' && git status --porcelain "
+        "&& git rev-parse HEAD"
     ))
-    assert (code, out.strip()) == (0, ""), out
-
-    # The host sees the commit on the worker branch, on top of the base, by the worker's identity.
-    assert _git(git_repo, "log", "-1", "--format=%s|%ae|%P", wt.branch) == f"from worker|worker-0@mahabharatha.invalid|{base}"
+    assert code == 0, out
+    commit = out.strip()
+    assert _git(git_repo, "log", "-1", "--format=%s", wt.branch) == "initial"  # the user's branch did not move
+    assert _git(git_repo, "for-each-ref") == refs_before
+    assert subprocess.run(["git", "-C", str(git_repo), "cat-file", "-e", commit]).returncode != 0  # no object
     assert _git(git_repo, "branch", "--show-current") == "main"
-    assert (Path(wt.path) / ".git").read_text() == dotgit_before  # host pointers untouched
-    assert _git(wt.path, "status", "--porcelain") == ""
 
     executor.remove_containers(docker_client, plan.repo, plan.feature)
-    assert worktrees.remove_worktree(plan.repo, wt.path) is True
-    assert not Path(wt.path).exists()
-    assert _git(git_repo, "log", "-1", "--format=%s", wt.branch) == "from worker"
+    with pytest.raises(Exception, match="uncommitted changes"):  # result.txt is not on the worker branch
+        worktrees.remove_worktree(plan.repo, wt.path, branch=wt.branch, git_dir=wt.git_dir)
+    assert worktrees.remove_worktree(plan.repo, wt.path, branch=wt.branch, git_dir=wt.git_dir, force=True) is True
+    assert not Path(wt.path).exists() and not Path(wt.git_dir).exists()
 
 
 def test_oom_kill_is_reported(docker_client: Any, make_plan: Callable[..., LaunchPlan]) -> None:
@@ -288,17 +302,22 @@ def test_start_worker_restarts_one(docker_client: Any, make_plan: Callable[..., 
     assert again.container_id != launch.workers[1].container_id
 
 
-def test_real_worker_runtime_announces_itself(docker_client: Any, make_plan: Callable[..., LaunchPlan]) -> None:
-    """The real runtime (python3 -m mahabharatha_worker, mounted read-only) passes its git check inside the
-    container and prints the ready line; with an empty run in the shared state it then exits 0."""
-    from mahabharatha.worker.state import StateStore, new_state
+def test_real_worker_runtime_announces_itself(docker_client: Any, make_plan: Callable[..., LaunchPlan], git_repo: Path) -> None:
+    """The real runtime (python3 -m mahabharatha_worker, mounted read-only) reaches its channel, sets up its
+    private repository inside the container and prints the ready line; told the run is done, it exits 0."""
+    from mahabharatha.edge.channel import ChannelServer
 
     plan = make_plan(1)
-    assert plan.workers[0].command == ("python3", "-m", "mahabharatha_worker")
-    Path(plan.state_dir, plan.feature).mkdir(parents=True)
-    StateStore(plan.state_dir, plan.feature).create(new_state(plan.feature, []))
-    (handle,) = executor.execute(plan, client=docker_client).workers
-    result = executor.wait_exit(docker_client, handle.name, timeout=60)
+    spec = plan.workers[0]
+    assert spec.command == ("python3", "-m", "mahabharatha_worker")
+    base = _git(git_repo, "rev-parse", "HEAD")
+    answers = {"hello": {"ok": True, "start": base}, "claim": {"ok": True, "final": "done"}}
+    server = ChannelServer({0: spec.channel_socket}, lambda wid, msg, blob: answers[msg["op"]]).start()
+    try:
+        (handle,) = executor.execute(plan, client=docker_client).workers
+        result = executor.wait_exit(docker_client, handle.name, timeout=60)
+    finally:
+        server.close()
     assert (result.exit_code, result.meaning, result.oom_killed) == (0, "done: all tasks completed", False)
     log = Path(plan.workers[0].log_path)
     assert _eventually(lambda: "exiting" in log.read_text())

@@ -22,6 +22,8 @@ def _prepare_host(plan: Any) -> None:
     repo = Path(plan.repo)
     (repo / ".gsd").mkdir(exist_ok=True)
     Path(plan.state_dir).mkdir(parents=True, exist_ok=True)
+    for spec in plan.workers:
+        Path(spec.channel_socket).parent.mkdir(parents=True, exist_ok=True)
     ensure_worktrees(repo, plan.base_branch, plan.worktrees)
     write_planned_files(plan.workers)
 
@@ -66,11 +68,13 @@ def test_planned_worker_under_testcontainers_gets_every_setting(
         mounts = {m["Destination"]: (m["Source"], m["RW"]) for m in wrapped.attrs["Mounts"]}
         assert mounts == {m.target: (m.source, not m.read_only) for m in spec.mounts}
 
-        # The overlay mounts make container git see /workspace as this worker's worktree, on its branch.
-        code, out = container.exec(["git", "-C", "/workspace", "rev-parse", "--abbrev-ref", "HEAD"])
-        assert (code, out.decode().strip()) == (0, spec.worktree.branch)
+        # The overlay makes /workspace/.git name the worker's private git directory.
+        code, out = container.exec(["cat", "/workspace/.git"])
+        assert (code, out.decode().strip()) == (0, "gitdir: /workspace/.git-worktree")
         # The credential reaches the process environment, and the read-only hooks stay read-only.
         code, out = container.exec(["printenv", "ANTHROPIC_API_KEY"])
         assert (code, out.decode().strip()) == (0, KEY)
         code, _ = container.exec(["touch", "/repo/.git/hooks/post-merge"])
+        assert code != 0
+        code, _ = container.exec(["touch", "/repo/.git/HEAD"])
         assert code != 0

@@ -88,12 +88,18 @@ def test_three_levels_on_three_workers(git_repo: Path, make_plan: Any, docker_cl
     assert sorted(s.split(":")[0] for s in subjects if not s.startswith(("initial", "mahabharatha feat level"))) == list("ABCDEF")
     assert git(git_repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
     assert git(git_repo, "status", "--porcelain", "--untracked-files=no") == ""
-    # Host git still works in every worktree (the overlays never rewrote its files) and can remove them.
-    from mahabharatha.edge.worktrees import remove_worktree
+    # Every workspace holds exactly its branch (nothing left uncommitted), and can be removed without --force.
+    from mahabharatha.edge.worktrees import remove_worktree, uncommitted_changes
 
     for spec in make_plan(3, config=config()).workers:
-        assert git(Path(spec.worktree.path), "status", "--porcelain") == ""
-        assert remove_worktree(git_repo, spec.worktree.path)
+        wt = spec.worktree
+        assert uncommitted_changes(git_repo, wt.path, git(git_repo, "rev-parse", wt.branch)) == []
+        assert remove_worktree(git_repo, wt.path, branch=wt.branch, git_dir=wt.git_dir)
+    # Nothing of a worker went into the user's .git but the run's refs and objects.
+    assert not (git_repo / ".git" / "worktrees").exists()
+    refs = git(git_repo, "for-each-ref", "--format=%(refname)").splitlines()
+    assert all(r == "refs/heads/main" or r.startswith(("refs/heads/mahabharatha/feat/", "refs/mahabharatha/")) for r in refs), refs
+    assert not [r for r in refs if r.startswith("refs/mahabharatha/incoming/")]
     # The run removed its containers.
     assert docker_client.api.containers(all=True, filters={"label": f"{LABEL_REPO}={git_repo}"}) == []
 
@@ -245,7 +251,7 @@ def test_a_container_over_its_time_is_stopped_and_its_task_fails(git_repo: Path,
     assert time.monotonic() - started < 60, lines  # the 120 s task did not run to its end
     st = state_of(git_repo)["tasks"]
     assert st["slow"]["status"] == "failed"
-    assert st["slow"]["error"] == "worker timed out after 1 min (workers.timeout_minutes)"
+    assert st["slow"]["error"] == "task attempt timed out after 1 min (workers.timeout_minutes)"
     assert st["next"]["status"] == "blocked"
     assert any("over workers.timeout_minutes=1; stopping it" in line for line in lines), lines
     assert any("exited 130" in line and "after its timeout" in line for line in lines), lines  # the container was stopped
