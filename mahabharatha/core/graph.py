@@ -153,6 +153,10 @@ def load_graph(path: str, text: str | bytes) -> TaskGraph:
         raise _fail(path, f"invalid task graph: {exc}", "fix that field of the task graph") from None
     except msgspec.DecodeError as exc:
         raise _fail(path, f"not valid JSON: {exc}", "fix the JSON syntax of the task graph") from None
+    except RecursionError:  # msgspec stops at the interpreter's recursion limit: arrays in arrays in ...
+        raise _fail(
+            path, "not a task graph: its JSON is nested too deeply", "a task graph nests a few levels: fix or rewrite it"
+        ) from None
     validate(path, graph)
     return graph
 

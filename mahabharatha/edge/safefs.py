@@ -166,7 +166,7 @@ def _read_error(name: str, what: str, exc: OSError, follow_symlinks: bool) -> Fi
             name, f"{what} is a symbolic link, which is not followed here", hint="replace the link with the file itself"
         )
     if exc.errno == errno.ENOTDIR:
-        return FileAccessError(name, f"part of the path to {what} is a file, not a directory", hint="move that file away")
+        return FileAccessError(name, "part of its path is a file, not a directory", hint="move that file away")
     if isinstance(exc, PermissionError):
         return FileAccessError(name, f"{what} cannot be read: {_why(exc)}", hint="fix its permissions")
     return FileAccessError(name, f"{what} cannot be read: {_why(exc)}", hint="check the file and the disk")
