@@ -100,6 +100,9 @@ def _norm(path: str) -> str:
 
 # Code points HFS+ ignores in names (git's is_hfs_dotgit): `.g\u200cit` is `.git` on a Mac.
 _HFS_IGNORED = dict.fromkeys(map(ord, "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"))
+# The common case, accepted at once: ASCII names not starting with '.', joined by single '/' (so no '..', no
+# '.git', no 'git~1', no drive, no backslash). Everything else takes the full check.
+_PLAIN_RE = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)*[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _DRIVE_RE = re.compile(r"[A-Za-z]:(/|$)")  # `C:/x`, `C:`; backslashes are refused anyway
 
 
@@ -122,6 +125,8 @@ def file_path_problem(path: object) -> str | None:
     """
     if not isinstance(path, str):
         return "is not text"
+    if _PLAIN_RE.fullmatch(path):
+        return None
     if not path.strip():
         return "is empty"
     if "\0" in path:
@@ -174,9 +179,13 @@ def validate(path: str, graph: TaskGraph) -> None:
                 f"task id {t.id!r} (at `$.tasks[{i}].id`) cannot name a git ref or a file: {problem}",
                 "rename the task",
             )
+    checked: set[str] = set()  # a graph may name one file many times
     for t in graph.tasks:
         for kind in ("create", "modify", "read"):
             for f in getattr(t.files, kind):
+                if f in checked:
+                    continue
+                checked.add(f)
                 problem = file_path_problem(f)
                 if problem:
                     raise _fail(
