@@ -6,8 +6,11 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mahabharatha.worker import state as S
 
@@ -113,11 +116,6 @@ def test_concurrent_claimers_never_claim_the_same_task(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # The schema: every field checked on read, every violation one StateError naming the field
-
-from typing import Any  # noqa: E402
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 RUN_STATUSES = ["running", "done", "blocked", "failed", "stopped"]
 TASK_STATUSES = ["pending", "claimed", "done", "failed", "blocked"]
