@@ -17,6 +17,7 @@ __all__ = [
     "WorktreeError",
     "LaunchError",
     "OrchestrationError",
+    "FileAccessError",
 ]
 
 
@@ -70,3 +71,14 @@ class LaunchError(MahabharathaError):
 
 class OrchestrationError(MahabharathaError):
     """A level could not be completed (merge conflict, failed or blocked tasks)."""
+
+
+class FileAccessError(MahabharathaError):
+    """A file could not be read, written or removed safely: not a regular file (a FIFO, a device, a directory),
+    a symbolic link where none is followed, bigger than allowed, or not permitted. ``path`` and ``problem`` are
+    kept so a caller can re-raise it as its own error type (e.g. a :class:`GraphError`) with the same words."""
+
+    def __init__(self, path: str, problem: str, *, hint: str | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}", hint=hint)

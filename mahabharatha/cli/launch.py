@@ -29,31 +29,12 @@ def _say(text: str) -> None:
 
 
 def read_graph(repo: str, feature: str) -> TaskGraph:
-    """Load and validate ``.gsd/specs/<feature>/task-graph.json`` (GraphError when missing, unreadable, invalid
-    or written for another feature)."""
-    from ..core.graph import graph_path, load_graph
+    """Load and validate ``.gsd/specs/<feature>/task-graph.json`` (GraphError when missing, not a regular file,
+    too big, unreadable, invalid or written for another feature): see
+    :func:`mahabharatha.edge.graphfile.read_task_graph`."""
+    from ..edge.graphfile import read_task_graph
 
-    path = graph_path(repo, feature)
-    try:
-        text = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise GraphError(
-            f"{path}: no task graph for feature {feature!r}",
-            hint="run the design phase first, it writes the task graph; or pass --feature",
-        ) from None
-    except IsADirectoryError:
-        raise GraphError(f"{path}: is a directory, expected the task graph file", hint="move it away and write the graph there") from None
-    except NotADirectoryError:
-        raise GraphError(f"{path}: part of its path is a file, not a directory", hint="move that file away") from None
-    except OSError as exc:
-        raise GraphError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})", hint="fix its permissions") from None
-    graph = load_graph(path, text)
-    if graph.feature != feature:
-        raise GraphError(
-            f"{path}: field `feature` is {graph.feature!r}, but this run is for feature {feature!r}",
-            hint=f"set `feature` to {feature!r} in the task graph, or pass --feature {graph.feature}",
-        )
-    return graph
+    return read_task_graph(repo, feature)
 
 
 def format_summary(result: RunResult, *, repo: str) -> str:

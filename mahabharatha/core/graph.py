@@ -5,7 +5,8 @@ decodes the text and checks, in this order, each with one :class:`~mahabharatha.
 naming the graph file, the task ids and the fix:
 
 1. the JSON and its types (the path of the bad field, e.g. ``$.tasks[2].level``), no tasks at all, task ids
-   that cannot name a git ref or a file, duplicate task ids;
+   that cannot name a git ref or a file, ``files`` paths that are not relative paths inside the worktree
+   (see :func:`file_path_problem`), duplicate task ids;
 2. a dependency on a task that does not exist;
 3. a dependency cycle (the cycle is spelled out);
 4. a dependency on a task of the same or a later level (levels run in order, all tasks of a level at once);
@@ -19,6 +20,7 @@ descriptions: the level of a task is its ``level`` field.
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Annotated
 
 import msgspec
@@ -27,7 +29,16 @@ from msgspec import Meta
 from ..errors import GraphError
 from .config import safe_name_problem
 
-__all__ = ["Files", "Verification", "Task", "TaskGraph", "load_graph", "graph_path", "DEFAULT_VERIFY_TIMEOUT_S"]
+__all__ = [
+    "Files",
+    "Verification",
+    "Task",
+    "TaskGraph",
+    "load_graph",
+    "graph_path",
+    "file_path_problem",
+    "DEFAULT_VERIFY_TIMEOUT_S",
+]
 
 DEFAULT_VERIFY_TIMEOUT_S = 300
 
@@ -97,6 +108,54 @@ def _norm(path: str) -> str:
     return p[2:] if p.startswith("./") else p
 
 
+# Code points HFS+ ignores in names (git's is_hfs_dotgit): `.g\u200cit` is `.git` on a Mac.
+_HFS_IGNORED = dict.fromkeys(map(ord, "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"))
+# The common case, accepted at once: ASCII names not starting with '.', joined by single '/' (so no '..', no
+# '.git', no 'git~1', no drive, no backslash). Everything else takes the full check.
+_PLAIN_RE = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)*[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+_DRIVE_RE = re.compile(r"[A-Za-z]:(/|$)")  # `C:/x`, `C:`; backslashes are refused anyway
+
+
+def _is_dotgit(component: str) -> bool:
+    """Whether a path component names git's directory on some filesystem a worktree can live on: ``.git`` in
+    any case (case-insensitive filesystems), with trailing dots or spaces (NTFS drops them), with code points
+    HFS+ ignores, or as the NTFS short name ``git~1`` (what git's core.protectNTFS/protectHFS refuse)."""
+    name = component.translate(_HFS_IGNORED).rstrip(". ").lower()
+    return name in (".git", "git~1")
+
+
+def file_path_problem(path: object) -> str | None:
+    """Why ``path`` (an entry of a task's ``files.create``/``modify``/``read``) is not a relative path inside
+    the worktree, or None when it is.
+
+    Accepted: non-empty text whose normalised form (:func:`posixpath.normpath`) is relative, is not the worktree
+    itself (``.``), does not start with ``..`` and has no ``.git`` component (see :func:`_is_dotgit`), with no
+    NUL byte, no backslash and no Windows drive (``C:``). ``a/../b`` is ``b``: the check is lexical, like the
+    ownership rule.
+    """
+    if not isinstance(path, str):
+        return "is not text"
+    if _PLAIN_RE.fullmatch(path):
+        return None
+    if not path.strip():
+        return "is empty"
+    if "\0" in path:
+        return "contains a NUL byte"
+    if "\\" in path or _DRIVE_RE.match(path.strip()):
+        return "is a Windows-style path (backslashes and drive letters like 'C:' are not accepted): use '/' between directories"
+    norm = _norm(path)
+    if norm.startswith("/"):
+        return "is absolute: paths are relative to the repository root"
+    if norm == ".":
+        return "names the worktree itself, not a file"
+    parts = norm.split("/")
+    if parts[0] == "..":
+        return "leaves the worktree ('..')"
+    if any(_is_dotgit(part) for part in parts):
+        return "is inside git's own directory (.git), which tasks may not touch"
+    return None
+
+
 def _fail(path: str, message: str, hint: str) -> GraphError:
     return GraphError(f"{path}: {message}", hint=hint)
 
@@ -109,6 +168,10 @@ def load_graph(path: str, text: str | bytes) -> TaskGraph:
         raise _fail(path, f"invalid task graph: {exc}", "fix that field of the task graph") from None
     except msgspec.DecodeError as exc:
         raise _fail(path, f"not valid JSON: {exc}", "fix the JSON syntax of the task graph") from None
+    except RecursionError:  # msgspec stops at the interpreter's recursion limit: arrays in arrays in ...
+        raise _fail(
+            path, "not a task graph: its JSON is nested too deeply", "a task graph nests a few levels: fix or rewrite it"
+        ) from None
     validate(path, graph)
     raw = msgspec.json.decode(text, type=_RawGraph)
     return msgspec.structs.replace(graph, raw_tasks=tuple(r.decode() if isinstance(r, bytes) else bytes(r).decode() for r in raw.tasks))
@@ -131,6 +194,20 @@ def validate(path: str, graph: TaskGraph) -> None:
                 f"task id {t.id!r} (at `$.tasks[{i}].id`) cannot name a git ref or a file: {problem}",
                 "rename the task",
             )
+    checked: set[str] = set()  # a graph may name one file many times
+    for t in graph.tasks:
+        for kind in ("create", "modify", "read"):
+            for f in getattr(t.files, kind):
+                if f in checked:
+                    continue
+                checked.add(f)
+                problem = file_path_problem(f)
+                if problem:
+                    raise _fail(
+                        path,
+                        f"task {t.id!r}: `files.{kind}` path {f!r} {problem}",
+                        "task-graph files are paths relative to the repository root inside the worktree, e.g. 'src/app.py'",
+                    )
     for t in graph.tasks:
         if t.id in by_id:
             raise _fail(path, f"task id {t.id!r} is used by two tasks", "give every task a unique id")

@@ -16,6 +16,12 @@ Schema (version 1)::
      "tasks": {"T1": {"level": 1, "status": "pending" | "claimed" | "done" | "failed" | "blocked",
                       "worker": 0 | null, "attempts": 0, "commit": "" , "error": ""}}}
 
+Every read checks each field's type and range (``seq`` a whole number >= 0, ``worker`` a number or null,
+``commit`` hex, a ``status`` from the lists above, ``true`` is never a number; ``version``, ``feature``,
+``message``, ``updated``, ``seq`` and ``processes`` (edge.processes' ``{"<worker id>": {...}}``) may be
+missing, so may a task's ``worker``, ``attempts``, ``commit``, ``error``, which then get the values of a
+task never attempted); a violation is a :class:`StateError` naming the field. Unknown keys are kept.
+
 ``level`` is the level workers take tasks from; only the orchestrator advances it (after merging the level)
 and sets a final ``status``. Workers claim, finish and release tasks. Nothing secret is ever written here:
 only ids, statuses, commit ids and short error texts of our own making.
@@ -28,7 +34,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -79,23 +87,126 @@ class StateError(ValueError):
         )
 
 
+_RUN_STATUSES = frozenset({RUNNING, *FINAL})
+_HEX_RE = re.compile(r"[0-9a-fA-F]{0,64}")  # a commit id (SHA-1 or SHA-256), or "" before there is one
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1
+
+
+def _shown(value: Any) -> str:
+    """A found value as JSON spells it (strings cut), for messages."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str) and len(value) > 40:
+        value = value[:40] + "..."
+    try:
+        return json.dumps(value)
+    except ValueError:  # NaN / Infinity
+        return str(value)
+
+
+_MISSING: Any = object()
+
+
+def _bad(path: str, where: str, key: str, value: Any, expected: str) -> StateError:
+    if value is _MISSING:
+        found = "is missing"
+    elif isinstance(value, list) and key == "levels":  # say which element
+        found = f"holds {next((_shown(x) for x in value if not _whole(x)), '?')}"
+    elif isinstance(value, dict) and key == "processes":
+        found = f"has {next((f'entry {k!r}' for k, e in value.items() if not _worker_key(k) or not isinstance(e, dict)), '?')}"
+    else:
+        found = f"is {'null' if value is None else _shown(value)}"
+    return StateError(path, f"{where}field {key!r} {found}, expected {expected}")
+
+
+def _worker_key(key: str) -> bool:
+    return key.isascii() and key.isdigit()
+
+
+def _whole(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _one_of(options: frozenset[str]) -> str:
+    return "one of " + ", ".join(sorted(options))
+
+
+# Top-level fields: (required, valid?, expected). Unknown keys are kept as they are (other code adds its own).
+_RUN_FIELDS: dict[str, tuple[bool, Any, str]] = {  # the required ones first: a gutted document names 'status'
+    "status": (True, lambda v: v in _RUN_STATUSES if isinstance(v, str) else False, _one_of(_RUN_STATUSES)),
+    "level": (True, _whole, "a whole number >= 0"),
+    "levels": (True, lambda v: isinstance(v, list) and all(_whole(x) for x in v), "a list of whole numbers >= 0"),
+    "tasks": (True, lambda v: isinstance(v, dict), "an object of tasks"),
+    "version": (False, lambda v: _is_int(v) and v == VERSION, f"{VERSION} (this mahabharatha's state format)"),
+    "feature": (False, lambda v: isinstance(v, str), "text"),
+    "message": (False, lambda v: isinstance(v, str), "text"),
+    "updated": (False, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a unix time"),
+    "seq": (False, _whole, "a whole number >= 0"),
+    # edge.processes: {"<worker id>": {"pid": ..., "host": ..., "start": ...}} (entries are checked where used)
+    "processes": (
+        False,
+        lambda v: isinstance(v, dict) and all(_worker_key(k) and isinstance(e, dict) for k, e in v.items()),
+        "an object of worker numbers to process records",
+    ),
+}
+# Task fields beside the required level and status: (valid?, expected); missing ones get _TASK_DEFAULTS.
+_TASK_FIELDS: dict[str, tuple[Any, str]] = {
+    "level": (_whole, "a whole number >= 0"),
+    "status": (lambda v: v in _TASK_STATUSES if isinstance(v, str) else False, _one_of(_TASK_STATUSES)),
+    "worker": (lambda v: v is None or _whole(v), "a worker number >= 0 or null"),
+    "attempts": (_whole, "a whole number >= 0"),
+    "commit": (lambda v: isinstance(v, str) and _HEX_RE.fullmatch(v) is not None, "a commit id (hex) or \"\""),
+    "error": (lambda v: isinstance(v, str), "text"),
+}
+
+
 def _check(path: str, data: Any) -> dict[str, Any]:
-    """``data`` when it has the shape every reader relies on, else :class:`StateError` naming the field."""
+    """``data`` when every field has the type and range its readers rely on (missing optional task fields are
+    filled with their defaults), else :class:`StateError` naming the field, e.g. ``task 'T1': field 'attempts'
+    is null, expected a whole number >= 0``. Unknown keys are tolerated."""
     if not isinstance(data, dict):
-        raise StateError(path, f"expected a JSON object, found {type(data).__name__}")
-    for key, kind in (("status", str), ("level", int), ("levels", list), ("tasks", dict)):
-        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
-            raise StateError(path, f"field {key!r} is missing or not a {kind.__name__}")
+        raise StateError(path, f"expected a JSON object, found {_shown(data)}")
+    for key, (required, valid, expected) in _RUN_FIELDS.items():
+        value = data.get(key, _MISSING)
+        if value is _MISSING and not required:
+            continue
+        if value is _MISSING or not valid(value):
+            raise _bad(path, "", key, value, expected)
     for tid, task in data["tasks"].items():
-        if not isinstance(task, dict):
-            raise StateError(path, f"task {tid!r} is not an object")
-        if not isinstance(task.get("level"), int) or isinstance(task.get("level"), bool):
-            raise StateError(path, f"task {tid!r}: field 'level' is missing or not a whole number")
-        if task.get("status") not in _TASK_STATUSES:
-            raise StateError(path, f"task {tid!r}: field 'status' is {task.get('status')!r}")
-        for key, default in _TASK_DEFAULTS.items():
-            task.setdefault(key, default)
+        _check_task(path, tid, task)
     return data
+
+
+def _check_task(path: str, tid: str, task: Any) -> None:
+    # The common case inline (a claim reads every task of a 10,000-task run): exact JSON types, no bools.
+    # Anything missing or unusual takes the slow path below, which fills defaults and names the problem.
+    if type(task) is dict:
+        level, status, worker = task.get("level"), task.get("status"), task.get("worker", _MISSING)
+        attempts, commit = task.get("attempts"), task.get("commit")
+        if (
+            type(level) is int and level >= 0
+            and type(status) is str and status in _TASK_STATUSES
+            and (worker is None or (type(worker) is int and worker >= 0))
+            and type(attempts) is int and attempts >= 0
+            and type(commit) is str and (not commit or _HEX_RE.fullmatch(commit) is not None)
+            and type(task.get("error")) is str
+        ):
+            return
+    where = f"task {tid!r}: "
+    if not isinstance(task, dict):
+        raise StateError(path, f"{where}expected an object, found {_shown(task)}")
+    for key, (valid, expected) in _TASK_FIELDS.items():
+        value = task.get(key, _MISSING)
+        if value is _MISSING and key in _TASK_DEFAULTS:
+            task[key] = _TASK_DEFAULTS[key]
+            continue
+        if value is _MISSING or not valid(value):
+            raise _bad(path, where, key, value, expected)
 
 
 class StateStore:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 
 import pytest
 from hypothesis import given, settings
@@ -145,3 +146,108 @@ def test_defaults_and_helpers() -> None:
     assert g.levels == (1, 2)
     assert g.task("a").verification.command == ""
     assert g.tasks_at(1)[0].id == "b"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `files` paths: relative paths inside the worktree
+
+
+def _graph_with_path(p: str, kind: str = "create") -> str:
+    return json.dumps({"feature": "f", "tasks": [{"id": "T1", "level": 1, "files": {kind: [p]}}]})
+
+
+@pytest.mark.parametrize("kind", ["create", "modify", "read"])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ("../x", "leaves the worktree"),
+        ("src/../../x", "leaves the worktree"),
+        ("..", "leaves the worktree"),
+        ("/etc/passwd", "is absolute"),
+        ("//srv/x", "is absolute"),
+        (".git/hooks/pre-commit", ".git"),
+        ("src/.git/config", ".git"),
+        (".GIT/config", ".git"),
+        (".Git", ".git"),
+        (".git./config", ".git"),  # NTFS drops trailing dots
+        ("git~1/config", ".git"),  # NTFS short name
+        (".g\u200cit/config", ".git"),  # HFS+ ignores U+200C
+        ("", "is empty"),
+        ("   ", "is empty"),
+        (".", "the worktree itself"),
+        ("./", "the worktree itself"),
+        ("a\0b", "NUL byte"),
+        ("src\\app.py", "Windows-style"),
+        ("C:\\x", "Windows-style"),
+        ("C:/x", "Windows-style"),
+    ],
+)
+def test_bad_files_paths_are_one_line_errors_naming_task_and_path(kind: str, bad: str, expected: str) -> None:
+    with pytest.raises(GraphError) as info:
+        load_graph(PATH, _graph_with_path(bad, kind))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(PATH)
+    assert f"task 'T1': `files.{kind}` path {bad!r}" in message
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    "good",
+    ["a.py", "src/app.py", "./src/app.py", "src/./x", "src/../x", "a/.gitignore", ".github/workflows/ci.yml",
+     ".gitmodules", "src/git/x", "weird name.txt", "a:b.txt", "x/..."],
+)
+def test_good_files_paths_are_accepted(good: str) -> None:
+    load_graph(PATH, _graph_with_path(good))
+
+
+_TOKENS = ["a", "b", ".", "..", "/", "//", ".git", ".GIT", ".gIt", "git", "git~1", "GIT~1", " ", "\\", "\0",
+           "C:", "\u200c", "~", "é", "-"]
+
+
+def _inside_oracle(p: str) -> bool:
+    """What validation must accept, spelled differently from the implementation: the path joined onto a root
+    and normalised stays strictly below the root, and no component is git's directory."""
+    if not p.strip() or "\0" in p or "\\" in p:
+        return False
+    stripped = p.strip()
+    if len(stripped) >= 2 and stripped[1] == ":" and stripped[0].isascii() and stripped[0].isalpha() and stripped[2:3] in ("", "/"):
+        return False  # a Windows drive
+    if posixpath.isabs(stripped):
+        return False
+    root = "/root"
+    joined = posixpath.normpath(posixpath.join(root, stripped))
+    if joined == root or posixpath.commonpath([root, joined]) != root:
+        return False
+    below = posixpath.relpath(joined, root).split("/")
+    ignorable = "".join(chr(c) for c in (0x200C, 0x200D, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF))
+    for part in below:
+        name = "".join(ch for ch in part if ch not in ignorable).rstrip(". ").lower()
+        if name in (".git", "git~1"):
+            return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(st.lists(st.sampled_from(_TOKENS), max_size=8).map("".join), st.text(max_size=12)),
+    st.sampled_from(["create", "modify", "read"]),
+)
+def test_files_paths_accepted_exactly_when_relative_inside_and_outside_git(p: str, kind: str) -> None:
+    text = _graph_with_path(p, kind)
+    if _inside_oracle(p):
+        g = load_graph(PATH, text)
+        assert getattr(g.tasks[0].files, kind) == (p,)
+    else:
+        with pytest.raises(GraphError) as info:
+            load_graph(PATH, text)
+        assert f"task 'T1': `files.{kind}` path {p!r}" in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_owned_files_of_one_level_are_compared_after_normalising() -> None:
+    raw = {"feature": "f", "tasks": [
+        {"id": "a", "level": 1, "files": {"create": ["src/./x.py"]}},
+        {"id": "b", "level": 1, "files": {"modify": ["src/y/../x.py"]}},
+    ]}
+    with pytest.raises(GraphError, match="both create or modify 'src/x.py'"):
+        load_graph(PATH, json.dumps(raw))

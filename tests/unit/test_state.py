@@ -6,8 +6,11 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mahabharatha.worker import state as S
 
@@ -109,3 +112,172 @@ def test_concurrent_claimers_never_claim_the_same_task(tmp_path: Path) -> None:
     assert data is not None
     assert {t["status"] for t in data["tasks"].values()} == {"done"}
     assert all(t["attempts"] == 1 for t in data["tasks"].values())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The schema: every field checked on read, every violation one StateError naming the field
+
+RUN_STATUSES = ["running", "done", "blocked", "failed", "stopped"]
+TASK_STATUSES = ["pending", "claimed", "done", "failed", "blocked"]
+
+
+def _whole(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+# What each field must hold (independent of the implementation): top-level, then per task.
+RUN_OK = {
+    "version": lambda v: type(v) is int and v == 1,
+    "feature": lambda v: type(v) is str,
+    "level": _whole,
+    "levels": lambda v: type(v) is list and all(_whole(x) for x in v),
+    "status": lambda v: type(v) is str and v in RUN_STATUSES,
+    "message": lambda v: type(v) is str,
+    "updated": lambda v: type(v) in (int, float) and v == v and abs(v) != float("inf"),
+    "seq": _whole,
+    "tasks": lambda v: type(v) is dict,  # (its entries are checked by TASK_OK)
+    "processes": lambda v: type(v) is dict and all(k.isascii() and k.isdigit() and type(e) is dict for k, e in v.items()),
+}
+TASK_OK = {
+    "level": _whole,
+    "status": lambda v: type(v) is str and v in TASK_STATUSES,
+    "worker": lambda v: v is None or _whole(v),
+    "attempts": _whole,
+    "commit": lambda v: type(v) is str and len(v) <= 64 and all(c in "0123456789abcdefABCDEF" for c in v),
+    "error": lambda v: type(v) is str,
+}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=8)
+    | st.sampled_from(RUN_STATUSES + TASK_STATUSES + ["", "abc", "1"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@st.composite
+def valid_tasks(draw: st.DrawFn) -> dict[str, Any]:
+    task: dict[str, Any] = {"level": draw(st.integers(0, 5)), "status": draw(st.sampled_from(TASK_STATUSES))}
+    if draw(st.booleans()):
+        task["worker"] = draw(st.none() | st.integers(0, 64))
+    if draw(st.booleans()):
+        task["attempts"] = draw(st.integers(0, 10))
+    if draw(st.booleans()):
+        task["commit"] = draw(st.sampled_from(["", "abc", "0" * 40, "deadBEEF" * 8]))
+    if draw(st.booleans()):
+        task["error"] = draw(st.text(max_size=20))
+    if draw(st.booleans()):
+        task["note"] = draw(json_values)  # unknown task keys are kept
+    return task
+
+
+@st.composite
+def valid_documents(draw: st.DrawFn) -> dict[str, Any]:
+    tasks = draw(st.dictionaries(st.text(min_size=1, max_size=6), valid_tasks(), max_size=4))
+    doc: dict[str, Any] = {
+        "level": draw(st.integers(0, 5)),
+        "levels": draw(st.lists(st.integers(0, 5), max_size=4)),
+        "status": draw(st.sampled_from(RUN_STATUSES)),
+        "tasks": tasks,
+    }
+    optional = {
+        "version": st.just(1),
+        "feature": st.text(max_size=10),
+        "message": st.text(max_size=20),
+        "updated": st.floats(0, 4e9) | st.integers(0, 2**33),
+        "seq": st.integers(0, 2**40),
+        "processes": st.dictionaries(st.integers(0, 99).map(str), st.fixed_dictionaries({"pid": st.integers(1, 99999)}), max_size=3),
+        "usage": json_values,  # keys other code may add
+        "pids": json_values,
+    }
+    for key, strategy in optional.items():
+        if draw(st.booleans()):
+            doc[key] = draw(strategy)
+    return doc
+
+
+@settings(max_examples=150, deadline=None)
+@given(valid_documents())
+def test_valid_documents_pass_and_get_task_defaults(doc: dict[str, Any]) -> None:
+    checked = S._check("state.json", json.loads(json.dumps(doc)))
+    for task in checked["tasks"].values():
+        assert {"worker", "attempts", "commit", "error"} <= task.keys()
+
+
+@settings(max_examples=400, deadline=None)
+@given(valid_documents(), st.data())
+def test_any_field_with_a_wrong_value_is_a_state_error_naming_it(doc: dict[str, Any], data: st.DataObject) -> None:
+    choices = [("run", key) for key in RUN_OK] + [("task", (tid, key)) for tid in doc["tasks"] for key in TASK_OK]
+    where, field = data.draw(st.sampled_from(choices))
+    if where == "run":
+        key = field
+        ok = RUN_OK[key]
+        target = doc
+    else:
+        tid, key = field
+        ok = TASK_OK[key]
+        target = doc["tasks"][tid]
+    bad = data.draw(json_values.filter(lambda v: not ok(v)))
+    target[key] = bad
+    with pytest.raises(S.StateError) as info:
+        S._check("/r/state.json", doc)
+    message = str(info.value)
+    assert message.startswith("/r/state.json: corrupt run state (") and "\n" not in message
+    assert f"field {key!r}" in message
+    if where == "task":
+        assert f"task {tid!r}: field {key!r}" in message
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_any_json_is_a_state_or_a_state_error(value: Any) -> None:
+    try:
+        S._check("state.json", value)
+    except S.StateError:
+        pass
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda d: d.update(seq="abc"), "field 'seq' is \"abc\", expected a whole number >= 0"),
+        (lambda d: d.update(seq=-1), "field 'seq' is -1"),
+        (lambda d: d.update(status="bogus"), "field 'status' is \"bogus\", expected one of blocked, done, failed, running, stopped"),
+        (lambda d: d.update(level=True), "field 'level' is true"),
+        (lambda d: d.update(levels=[1, "2"]), "field 'levels' holds \"2\""),
+        (lambda d: d.update(version=2), "field 'version' is 2, expected 1"),
+        (lambda d: d.update(updated="now"), "field 'updated' is \"now\""),
+        (lambda d: d.update(processes={"w0": {}}), "field 'processes' has entry 'w0'"),
+        (lambda d: d.pop("tasks"), "field 'tasks' is missing"),
+        (lambda d: d["tasks"]["T000"].update(attempts=None), "task 'T000': field 'attempts' is null, expected a whole number >= 0"),
+        (lambda d: d["tasks"]["T000"].update(worker="0"), "task 'T000': field 'worker' is \"0\""),
+        (lambda d: d["tasks"]["T000"].update(worker=False), "task 'T000': field 'worker' is false"),
+        (lambda d: d["tasks"]["T000"].update(commit="--upload-pack=evil"), "task 'T000': field 'commit'"),
+        (lambda d: d["tasks"]["T000"].update(status="bogus"), "task 'T000': field 'status' is \"bogus\""),
+        (lambda d: d["tasks"]["T000"].pop("level"), "task 'T000': field 'level' is missing"),
+        (lambda d: d["tasks"].update(T000=[]), "task 'T000': expected an object, found a list"),
+    ],
+)
+def test_corrupt_state_on_disk_is_one_state_error(tmp_path: Path, change: Any, expected: str) -> None:
+    store = _store(tmp_path, tasks=2)
+    data = json.loads(Path(store.path).read_text())
+    change(data)
+    Path(store.path).write_text(json.dumps(data))
+    with pytest.raises(S.StateError) as info:
+        store.read()
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert store.seq() == -1  # the waiters' probe sees "unreadable", it does not crash
+
+
+def test_documents_the_code_writes_stay_valid(tmp_path: Path) -> None:
+    store = _store(tmp_path, tasks=3, levels=2)
+    with store.transaction() as data:
+        tid = S.claim_next(data, 0)
+        S.finish_task(data, tid, S.DONE, commit="a" * 40)
+        S.claim_next(data, 1)
+        S.release_worker(data, 1, status=S.FAILED, error="boom")
+        data.setdefault("processes", {})["0"] = {"pid": 123, "host": "h", "start": ""}
+        data["usage"] = {"anything": [1, 2]}  # a key this module does not know
+        S.mark_stopped(data, "stopped by user")
+    data = store.read()
+    assert data is not None and data["usage"] == {"anything": [1, 2]} and data["seq"] == 2
