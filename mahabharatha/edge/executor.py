@@ -167,9 +167,50 @@ def _docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
+def _permission_denied(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, EACCES/EPERM (docker-py wraps the socket's PermissionError in
+    urllib3's ProtocolError, requests' ConnectionError and a DockerException that keeps only its text)."""
+    import errno
+
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, PermissionError) or (
+            isinstance(current, OSError) and current.errno in (errno.EACCES, errno.EPERM)
+        ):
+            return True
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        pending.extend(a for a in current.args if isinstance(a, BaseException))
+    return "PermissionError(13" in str(exc) or "[Errno 13] Permission denied" in str(exc)
+
+
+def _socket_group(path: str) -> str:
+    """The group that may use the socket at ``path`` (``docker`` when it cannot be told, or is root's)."""
+    import grp
+
+    try:
+        gid = os.stat(path).st_gid
+        return grp.getgrgid(gid).gr_name if gid != 0 else "docker"
+    except (OSError, KeyError):
+        return "docker"
+
+
 def _engine_error(exc: BaseException, action: str = "Failed to start container") -> LaunchError:
+    host = _docker_host()
+    if host.startswith("unix://") and _permission_denied(exc):
+        socket_path = host[len("unix://"):]
+        group = _socket_group(socket_path)
+        return LaunchError(
+            f"{action}: permission denied on the Docker socket {socket_path}: add your user to the {group} "
+            f"group (sudo usermod -aG {group} $USER, then log in again), or point DOCKER_HOST at an engine "
+            "you may use"
+        )
     return LaunchError(
-        f"{action}: cannot reach the Docker engine at {_docker_host()}; start Docker "
+        f"{action}: cannot reach the Docker engine at {host}; start Docker "
         f"or point DOCKER_HOST at a running engine ({type(exc).__name__})"
     )
 

@@ -9,6 +9,7 @@ Engine and image
   image from ``.devcontainer/Dockerfile`` with ``BASE_IMAGE=mahabharatha-base:trixie INSTALL_CLAUDE=0``
   through docker-py. A file lock makes parallel xdist workers build it once.
 - ``require_docker(reason)``: skip, or fail under ``MAHABHARATHA_REQUIRE_DOCKER=1``.
+- Every test here that uses ``docker_client`` (directly or through another fixture) is marked ``docker``.
 
 Per test
 - ``git_repo``: a fresh repository (branch ``main``, one commit: ``README.md``), absolute and resolved, inside
@@ -44,6 +45,15 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST_IMAGE = "mahabharatha-worker:test"
 BASE_IMAGE = "mahabharatha-base:trixie"
 FEATURE = "feat"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``docker`` every test here that uses the engine (``docker_client``, directly or through
+    ``worker_image``/``make_plan``), so ``-m docker`` selects exactly the end-to-end tests."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents and "docker_client" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
 
 
 def require_docker(reason: str) -> None:
