@@ -29,7 +29,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     def start(turns: list[dict[str, Any]]) -> tuple[str, Path]:
         log = tmp_path / f"requests-{len(servers)}.jsonl"
         server = fake.FakeServer(("127.0.0.1", 0), fake.Script(turns), str(log))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}", log
 
