@@ -4,11 +4,16 @@ Images are never pulled: the executor only uses what is on the engine (``images.
 a clear "build it" message instead of a surprise download. Building uses the engine's classic builder
 through docker-py with a context holding only the Dockerfile (it copies nothing from the repository), so a
 build sends a few KB instead of the whole checkout.
+
+The Dockerfile ships inside the package (``mahabharatha/data/Dockerfile``), so ``mahabharatha build-image`` works
+from an installed wheel; ``.devcontainer/Dockerfile`` in a checkout is a byte-identical copy (a unit test keeps
+them equal) for the documented ``docker build -f .devcontainer/Dockerfile .``.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,9 +33,29 @@ DEFAULT_IMAGE = "mahabharatha-worker"
 BUILD_COMMAND = "docker build -t mahabharatha-worker -f .devcontainer/Dockerfile ."
 
 
+# Docker hands each build arg to RUN as an environment variable; Linux refuses to exec with one string over
+# MAX_ARG_STRLEN (32 pages: 128 KiB), so the build would fail with a bare "argument list too long".
+MAX_BUILD_ARG_BYTES = 128 * 1024 - 1
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RUN_STEP = re.compile(r"The command '.*' returned a non-zero code", re.S)
+
+
 def default_dockerfile() -> Path:
-    """``.devcontainer/Dockerfile`` of the checkout this package runs from (editable install or source tree)."""
-    return Path(__file__).resolve().parents[2] / ".devcontainer" / "Dockerfile"
+    """The worker image's Dockerfile shipped in the package (``mahabharatha/data/Dockerfile``); the same bytes as
+    ``.devcontainer/Dockerfile`` of a checkout."""
+    return Path(__file__).resolve().parents[1] / "data" / "Dockerfile"
+
+
+def _check_buildargs(buildargs: Mapping[str, str]) -> None:
+    for name, value in buildargs.items():
+        size = len(value.encode())
+        if size > MAX_BUILD_ARG_BYTES:
+            hint = "pass only the proxy's CA certificate, not a whole CA bundle" if name == "EXTRA_CA_CERT" else None
+            raise LaunchError(
+                f"build arg {name} is {size} bytes; Docker passes build args to RUN as environment variables, "
+                f"which Linux caps at {MAX_BUILD_ARG_BYTES + 1} bytes",
+                hint=hint,
+            )
 
 
 def _default_base(dockerfile: Path) -> str | None:
@@ -104,6 +129,7 @@ def ensure_image(
         except docker.errors.ImageNotFound:
             pass
     path = Path(dockerfile) if dockerfile is not None else default_dockerfile()
+    _check_buildargs(buildargs or {})
     if not path.is_file():
         raise LaunchError(
             f"Cannot build image {tag}: Dockerfile {path} not found",
@@ -127,6 +153,8 @@ def ensure_image(
         for chunk in client.api.build(**kwargs):
             if "error" in chunk or "errorDetail" in chunk:
                 detail = chunk.get("error") or chunk.get("errorDetail", {}).get("message", "unknown error")
+                # The classic builder quotes the whole RUN line; the step's own output (the tail) says more.
+                detail = _RUN_STEP.sub("a RUN step returned a non-zero code", str(detail))
                 last = " | ".join(line for line in tail[-3:] if line)
                 hint = f"last build output: {last}" if last else None
                 base = (buildargs or {}).get("BASE_IMAGE") or _default_base(path)
@@ -138,10 +166,11 @@ def ensure_image(
                     )
                 raise LaunchError(f"Building image {tag} from {path} failed: {str(detail).strip()}", hint=hint)
             text = chunk.get("stream") or chunk.get("status") or ""
-            for line in text.splitlines():
+            for line in _ANSI.sub("", text).splitlines():
                 if not line.strip():
                     continue
-                tail.append(line.rstrip())
+                if not line.startswith((" ---> ", "Removing intermediate container")):  # builder chatter
+                    tail.append(line.rstrip())
                 if on_output is not None:
                     on_output(line.rstrip())
             del tail[:-20]
