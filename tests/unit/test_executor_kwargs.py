@@ -26,8 +26,8 @@ def make_spec(**changes: object) -> WorkerSpec:
         command=("python3", "-m", "mahabharatha_worker"),
         mounts=(
             Mount("/r/../.mahabharatha-worktrees/f/worker-1", "/workspace"),
-            Mount("/r/.mahabharatha/runtime/f/worker-1/dotgit", "/workspace/.git", True),
-            Mount("/r/.git/hooks", "/repo/.git/hooks", True),
+            Mount("/r/.mahabharatha/runtime/f/worker-1/overlay/dotgit", "/workspace/.git", True),
+            Mount("/r/.mahabharatha/state/f/channel/worker-1", "/opt/mahabharatha/channel", True),
         ),
         tmpfs=(Tmpfs("/tmp"), Tmpfs("/home/worker", "rw,size=64m,mode=1777")),
         environment=(EnvVar("HOME", "/home/worker"), EnvVar("ZERG_WORKER_ID", "1")),
@@ -43,9 +43,10 @@ def make_spec(**changes: object) -> WorkerSpec:
         cap_drop=("ALL",),
         security_opt=("no-new-privileges:true",),
         init=True,
-        worktree=Worktree(1, "/w", "mahabharatha/f/worker-1", "mahabharatha/f/base", "/r/.git/worktrees/worker-1"),
+        worktree=Worktree(1, "/w", "mahabharatha/f/worker-1", "mahabharatha/f/base", "/r/.mahabharatha/runtime/f/worker-1/git"),
         files=(),
         log_path="/r/.mahabharatha/logs/workers/worker-1.stdout.log",
+        channel_socket="/r/.mahabharatha/state/f/channel/worker-1/worker.sock",
     )
     return msgspec.structs.replace(spec, **changes)
 
@@ -65,8 +66,8 @@ def test_translation_carries_every_setting() -> None:
     assert kw["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=256m", "/home/worker": "rw,size=64m,mode=1777"}
     assert [(m["Target"], m["Source"], m["Type"], m["ReadOnly"]) for m in kw["mounts"]] == [
         ("/workspace", "/r/../.mahabharatha-worktrees/f/worker-1", "bind", False),
-        ("/workspace/.git", "/r/.mahabharatha/runtime/f/worker-1/dotgit", "bind", True),
-        ("/repo/.git/hooks", "/r/.git/hooks", "bind", True),
+        ("/workspace/.git", "/r/.mahabharatha/runtime/f/worker-1/overlay/dotgit", "bind", True),
+        ("/opt/mahabharatha/channel", "/r/.mahabharatha/state/f/channel/worker-1", "bind", True),
     ]
 
 

@@ -36,27 +36,28 @@ def test_worker_spec_matches_the_tables():
     w = plan.workers[1]
     o = f"{REPO}/.mahabharatha/runtime/user-auth/worker-1"
     wt = "/home/u/src/.mahabharatha-worktrees/user-auth/worker-1"
+    ch = f"{REPO}/.mahabharatha/state/user-auth/channel/worker-1"
     assert [(m.target, m.source, m.read_only) for m in w.mounts] == [
         ("/workspace", wt, False),
-        ("/workspace/.git", f"{o}/dotgit", True),
-        ("/workspace/.git-worktree", f"{REPO}/.git/worktrees/user-auth-worker-1", False),
-        ("/workspace/.git-worktree/commondir", f"{o}/commondir", True),
-        ("/workspace/.git-worktree/gitdir", f"{o}/gitdir", True),
-        ("/workspace/.mahabharatha/state", f"{REPO}/.mahabharatha/state", False),
-        ("/repo/.git", f"{REPO}/.git", False),
-        ("/repo/.git/hooks", f"{REPO}/.git/hooks", True),
-        ("/repo/.git/config", f"{REPO}/.git/config", True),
-        ("/repo/.gsd", f"{REPO}/.gsd", False),
-        ("/opt/mahabharatha/overlay", o, True),
+        ("/workspace/.git", f"{o}/overlay/dotgit", True),
+        ("/workspace/.git-worktree", f"{o}/git", False),
+        ("/repo/.git", f"{REPO}/.git", True),
+        ("/repo/.gsd", f"{REPO}/.gsd", True),
+        ("/opt/mahabharatha/overlay", f"{o}/overlay", True),
+        ("/opt/mahabharatha/channel", ch, True),
         ("/opt/mahabharatha/lib/mahabharatha_worker", RUNTIME, True),
         ("/home/worker/.claude", "/home/u/.claude", False),
         ("/home/worker/.claude.json", "/home/u/.claude.json", False),
     ]
+    # Nothing of the user's repository, checkout or run state is writable from the container: only the
+    # workspace and the worker's private git directory (plus the user's own Claude login, when mounted).
+    writable = {m.source for m in w.mounts if not m.read_only}
+    assert writable == {wt, f"{o}/git", "/home/u/.claude", "/home/u/.claude.json"}
+    assert not any(m.source == f"{REPO}/.mahabharatha/state" or m.target.startswith("/workspace/.mahabharatha") for m in w.mounts)
+    assert w.channel_socket == f"{ch}/worker.sock"
     assert {f.path: f.content for f in w.files} == {
-        f"{o}/dotgit": "gitdir: /workspace/.git-worktree\n",
-        f"{o}/commondir": "/repo/.git\n",
-        f"{o}/gitdir": "/workspace/.git\n",
-        f"{o}/exclude": "/.git-worktree/\n/.mahabharatha/\n",
+        f"{o}/overlay/dotgit": "gitdir: /workspace/.git-worktree\n",
+        f"{o}/overlay/exclude": "/.git-worktree/\n/.mahabharatha/\n",
     }
     env = w.env_dict()
     assert env == {
@@ -67,7 +68,8 @@ def test_worker_spec_matches_the_tables():
         "MAHABHARATHA_BASE_BRANCH": "mahabharatha/user-auth/base",
         "ZERG_GIT_WORKTREE_DIR": "/workspace/.git-worktree",
         "ZERG_GIT_MAIN_DIR": "/repo/.git",
-        "MAHABHARATHA_STATE_DIR": "/workspace/.mahabharatha/state",
+        "MAHABHARATHA_CHANNEL": "/opt/mahabharatha/channel/worker.sock",
+        "IS_SANDBOX": "1",
         "MAHABHARATHA_SPEC_DIR": "/repo/.gsd/specs/user-auth",
         "MAHABHARATHA_AGENT_COMMAND": 'claude -p "$MAHABHARATHA_TASK_PROMPT" --dangerously-skip-permissions',
         "GIT_AUTHOR_NAME": "mahabharatha worker 1",
@@ -99,7 +101,7 @@ def test_worker_spec_matches_the_tables():
     assert w.log_path == f"{REPO}/.mahabharatha/logs/workers/worker-1.stdout.log"
     assert (w.ready_timeout_s, w.start_timeout_s) == (30.0, 120.0)
     assert w.worktree.path == wt and w.worktree.branch == "mahabharatha/user-auth/worker-1"
-    assert w.worktree.base == "mahabharatha/user-auth/base" and w.worktree.admin_dir == f"{REPO}/.git/worktrees/user-auth-worker-1"
+    assert w.worktree.base == "mahabharatha/user-auth/base" and w.worktree.git_dir == f"{o}/git"
     assert plan.worktrees == tuple(x.worktree for x in plan.workers)
     assert plan.base_branch == "mahabharatha/user-auth/base" and plan.repo == REPO and plan.feature == "user-auth"
     assert plan.requested_workers == 3 and plan.image == "mahabharatha-worker"
@@ -206,19 +208,22 @@ def test_determinism(feature, repo, workers, uid, claude_dir, readonly):
 @settings(max_examples=40, deadline=None)
 @given(_FEATURE, _REPO, st.integers(1, 60))
 def test_unique_per_worker(feature, repo, workers):
-    """Names, worktrees, branches, admin dirs, overlay files and logs never collide between workers."""
+    """Names, worktrees, branches, private git dirs, channels, overlay files and logs never collide between
+    workers (the socket a message arrives on names the worker that sent it)."""
     config = load_config("c", "workers:\n  max_concurrent: 60\n")
     plan = make(workers, config=config, feature=feature, repo=repo)
     assert [w.worker_id for w in plan.workers] == list(range(workers))
     for attr in (
-        lambda w: w.name, lambda w: w.worktree.path, lambda w: w.worktree.branch, lambda w: w.worktree.admin_dir,
-        lambda w: w.log_path, lambda w: w.env_dict()["ZERG_WORKER_ID"], lambda w: w.label_dict()["io.mahabharatha.worker"],
+        lambda w: w.name, lambda w: w.worktree.path, lambda w: w.worktree.branch, lambda w: w.worktree.git_dir,
+        lambda w: w.channel_socket, lambda w: w.log_path, lambda w: w.env_dict()["ZERG_WORKER_ID"], lambda w: w.label_dict()["io.mahabharatha.worker"],
     ):
         values = [attr(w) for w in plan.workers]
         assert len(set(values)) == workers
     files = [f.path for w in plan.workers for f in w.files]
     assert len(set(files)) == len(files)
     assert all("//" not in m.source for w in plan.workers for m in w.mounts)
-    rw_sources = [m.source for w in plan.workers for m in w.mounts[:5] if not m.read_only]
-    assert len(set(rw_sources)) == len(rw_sources)
+    rw_sources = [m.source for w in plan.workers for m in w.mounts if not m.read_only and not m.target.startswith("/home/worker")]
+    assert len(set(rw_sources)) == len(rw_sources) == 2 * workers  # each worker's own workspace and git dir
+    channel_dirs = [m.source for w in plan.workers for m in w.mounts if m.target == "/opt/mahabharatha/channel"]
+    assert len(set(channel_dirs)) == workers
     assert len({w.label_dict()["io.mahabharatha.plan"] for w in plan.workers}) == 1

@@ -39,7 +39,10 @@ def test_text_uses_the_words_users_know():
     assert "Container mode: using image mahabharatha-worker" in text
     for n in range(3):
         assert f"Launching Worker {n}: mahabharatha-worker-{n} (memory=4g, cpus=2.0)" in text
-    assert "TARGET" in text and "/workspace/.git-worktree" in text and "/repo/.git/hooks" in text
+    assert "TARGET" in text and "/workspace/.git-worktree" in text and "/opt/mahabharatha/channel" in text
+    # The user's repository shows as read-only: what a user reads is what the container gets.
+    mounts = {line.split()[0]: line.split()[1] for line in text.splitlines() if line.startswith("    /")}
+    assert mounts["/repo/.git"] == "ro" and mounts["/repo/.gsd"] == "ro" and mounts["/workspace"] == "rw"
     assert "ZERG_WORKER_ID=2" in text and "ZERG_BRANCH=mahabharatha/user-auth/worker-1" in text
     assert "ANTHROPIC_API_KEY=sk-ant-…(redacted)  (secret, from environment)" in text
     assert "ANTHROPIC_API_KEY from environment" in text
