@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..core.model import Worktree
-from ..core.plan import DOTGIT_CONTENT, run_branch_prefix, worker_branch_prefix
+from ..core.plan import DOTGIT_CONTENT, run_branch_prefix, runtime_dir, worker_branch_prefix
 from ..errors import WorktreeError
 from .git import git, git_ok
 
@@ -137,26 +137,73 @@ def _dotgit_content(wt: Worktree, host_git: bool) -> str:
     return f"gitdir: {wt.git_dir}\n" if host_git else DOTGIT_CONTENT
 
 
+# Which workspace directory a worker's runtime dir (host-only, never mounted into a container) belongs to: the
+# repository, the workspace path and the directory's identity (device:inode) when it was taken. Workspaces of
+# repositories side by side share one directory (``../.mahabharatha-worktrees/<feature>``), and a workspace's own
+# files are the agent's to write: ownership is read from here, never from the workspace.
+_WORKSPACE_MARKER = "workspace"
+
+
+def _marker(runtime: str) -> tuple[str, str, str] | None:
+    """(repository, workspace path, identity) recorded in ``runtime``, or None."""
+    lines = _read_small(os.path.join(runtime, _WORKSPACE_MARKER)).splitlines()
+    return (lines[0], lines[1], lines[2]) if len(lines) >= 3 else None
+
+
+def _identity(path: str) -> str:
+    st = _lstat(path)
+    return f"{st.st_dev}:{st.st_ino}" if st is not None else ""
+
+
+def _foreign_owner(repo: str | os.PathLike[str], path: str, runtime: str) -> str | None:
+    """Another repository beside ``repo`` whose run took workspace ``path`` (its runtime dir for the same worker
+    names it), unless our own claim is the one that matches the directory (a claim left behind when a workspace
+    was deleted by hand does not count against the one who made the directory now there). None: ours or nobody's."""
+    repo = os.fspath(repo)
+    rel = os.path.relpath(runtime, repo)
+    others: list[tuple[str, str]] = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(os.path.dirname(repo)):
+            if entry.path == repo or not entry.is_dir(follow_symlinks=False):
+                continue
+            claim = _marker(os.path.join(entry.path, rel))
+            if claim is not None and claim[0] == entry.path and claim[1] == path:
+                others.append((entry.path, claim[2]))
+    if not others:
+        return None
+    ident = _identity(path)
+    mine = _marker(runtime)
+    if mine is not None and mine[:2] == (repo, path) and mine[2] == ident:
+        return None
+    return next((other for other, theirs in others if theirs == ident), others[0][0])
+
+
 def _ensure_one(repo: str | os.PathLike[str], wt: Worktree, host_git: bool) -> None:
     path = wt.path
     st = _lstat(path)
     dotgit = os.path.join(path, ".git")
+    runtime = os.path.dirname(wt.git_dir)
     if st is not None:
         if not stat.S_ISDIR(st.st_mode):
             raise WorktreeError(
                 f"Cannot create workspace {path} for worker {wt.worker_id}: it is a {_kind(st)}",
                 hint="move it away or remove it, then launch again",
             )
+        other = _foreign_owner(repo, path, runtime)
+        if other is not None:  # a sibling repository ran a feature of the same name: its work lives there
+            feature = Path(path).parent.name
+            raise WorktreeError(
+                f"Cannot create workspace {path} for worker {wt.worker_id}: it is the workspace of another "
+                f"repository, {other}, which shares the workspace directory {Path(path).parent.parent}",
+                hint=f"use another feature name here, or finish that run and `mahabharatha cleanup {feature} --repo "
+                f"{other}`; never delete it by hand, it may hold work",
+            )
+        mine = _marker(runtime)
+        ours = mine is not None and mine[:2] == (os.fspath(repo), path)
         dst = _lstat(dotgit)
         if dst is not None and stat.S_ISDIR(dst.st_mode):
             raise WorktreeError(
                 f"Cannot create workspace {path} for worker {wt.worker_id}: it holds a git repository of its own",
-                hint="move it away or remove it, then launch again",
-            )
-        if dst is None and any(os.scandir(path)):
-            raise WorktreeError(
-                f"Cannot create workspace {path} for worker {wt.worker_id}: the directory exists, is not empty "
-                "and is not a workspace of this run",
                 hint="move it away or remove it, then launch again",
             )
         if dst is not None and stat.S_ISREG(dst.st_mode):
@@ -166,10 +213,17 @@ def _ensure_one(repo: str | os.PathLike[str], wt: Worktree, host_git: bool) -> N
                     f"{path} is a git worktree made by an older mahabharatha (workers now keep their git private)",
                     hint=f"commit or copy its work, then `mahabharatha cleanup {Path(path).parent.name}`, then run again",
                 )
+        if not ours and any(os.scandir(path)):
+            raise WorktreeError(
+                f"Cannot create workspace {path} for worker {wt.worker_id}: the directory exists, is not empty "
+                "and is not a workspace of this run",
+                hint="move it away or remove it, then launch again",
+            )
     ensure_worker_branch(repo, wt.branch, wt.base)
     _mkdir(str(Path(path).parent))
     _mkdir(path)
     _mkdir(wt.git_dir)
+    write_small(os.path.join(runtime, _WORKSPACE_MARKER), f"{os.fspath(repo)}\n{path}\n{_identity(path)}\n")
     # The mount points of the container's overlays, made by us (as the caller), so Docker does not create them
     # as root in a directory the caller must later be able to remove.
     write_small(dotgit, _dotgit_content(wt, host_git))
@@ -217,14 +271,16 @@ def ensure_worktrees(repo: str | os.PathLike[str], base_branch: str, worktrees: 
 
 
 def feature_worktrees(repo: str | os.PathLike[str], feature: str) -> list[tuple[str, str]]:
-    """(path, branch) of the feature's worker workspaces that exist (``worker-N`` beside the repository)."""
+    """(path, branch) of the feature's worker workspaces that exist (``worker-N`` beside the repository), except
+    those a sibling repository's run of a feature of the same name took (they share the directory)."""
     root = Path(os.fspath(repo)).parent / ".mahabharatha-worktrees" / feature
     out = []
     with contextlib.suppress(OSError):
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
             suffix = entry.name.removeprefix("worker-")
             if entry.name.startswith("worker-") and suffix.isdigit() and entry.is_dir(follow_symlinks=False):
-                out.append((entry.path, f"{worker_branch_prefix(feature)}{suffix}"))
+                if _foreign_owner(repo, entry.path, runtime_dir(os.fspath(repo), feature, int(suffix))) is None:
+                    out.append((entry.path, f"{worker_branch_prefix(feature)}{suffix}"))
     return out
 
 

@@ -348,8 +348,13 @@ def test_sibling_repo_with_the_same_feature_never_gets_told_to_delete_the_others
     (theirs / "precious.txt").write_text("work in progress\n")
     capsys.readouterr()
     assert main([*args, "--repo", str(sibling)]) == 1
-    line = _one_line_error(capsys, str(theirs), f"worktree of another repository, {repo}", "never delete it by hand")
+    line = _one_line_error(capsys, str(theirs), f"workspace of another repository, {repo}", "never delete it by hand")
     assert "remove it" not in line
+    assert (theirs / "precious.txt").read_text() == "work in progress\n"
+    # Workspaces are plain directories now (not git worktrees the other repository registers): the sibling's
+    # cleanup, even forced, must not take the other repository's workspace for its own either.
+    main(["cleanup", "feat", "--force", "--repo", str(sibling)])  # (exits 1 here only for the missing engine)
+    assert "Removed 0 worktree(s) of feature feat" in capsys.readouterr().out
     assert (theirs / "precious.txt").read_text() == "work in progress\n"
 
 
