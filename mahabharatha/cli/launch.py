@@ -38,10 +38,16 @@ def read_graph(repo: str, feature: str) -> TaskGraph:
 
 
 def format_summary(result: RunResult, *, repo: str) -> str:
+    from ..worker.state import format_usage
+
     lines = [f"Run {result.status} in {result.seconds:.1f} s" + (f": {result.message}" if result.message else "")]
+    usage = result.usage or {}
     for level, counts in result.levels.items():
         shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        lines.append(f"  level {level}: {shown}")
+        spent = format_usage((usage.get("levels") or {}).get(level) or {})
+        lines.append(f"  level {level}: {shown}" + (f" ({spent})" if spent else ""))
+    if usage.get("total"):
+        lines.append(f"  agents used: {format_usage(usage['total'])}")
     lines.append(f"  base branch: {result.base_branch} (merged work; `git log {result.base_branch}` in {repo})")
     lines.append(f"  worker branches: {', '.join(result.worker_branches)}")
     if result.status == "stopped":

@@ -117,12 +117,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if data["status"] == S.RUNNING and not run_in_progress(repo, feature):
         # The orchestrator was killed (SIGKILL, a crash, a reboot): nothing merges levels until it runs again.
         print("  no `mahabharatha kurukshetra` is running for it: run it again to resume (or `mahabharatha stop` the workers)")
+    usage = S.usage_summary(data)
     for level, counts in S.summary(data).items():
-        print(f"  level {level}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        spent = S.format_usage(usage["levels"].get(level) or {})
+        print(f"  level {level}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + (f" ({spent})" if spent else ""))
         for tid, t in sorted(data["tasks"].items()):
-            if t["level"] == level and t["status"] != S.DONE:
+            if t["level"] == level and (t["status"] != S.DONE or tid in usage["tasks"]):
                 who = f" (worker {t['worker']})" if t.get("worker") is not None else ""
-                print(f"    {tid}: {t['status']}{who}{' - ' + t['error'] if t.get('error') else ''}")
+                task_spent = S.format_usage(usage["tasks"].get(tid) or {})
+                print(f"    {tid}: {t['status']}{who}{' - ' + t['error'] if t.get('error') else ''}"
+                      + (f" [{task_spent}]" if task_spent else ""))
+    if usage["total"]:
+        print(f"  agents used: {S.format_usage(usage['total'])}")
     by_worker: dict[int, list[str]] = {}
     for tid, t in sorted(data["tasks"].items()):
         if t.get("worker") is not None:

@@ -34,7 +34,10 @@ __all__ = [
 ]
 
 CONFIG_RELPATH = ".mahabharatha/config.yaml"
-DEFAULT_AGENT_COMMAND = 'claude -p "$MAHABHARATHA_TASK_PROMPT" --dangerously-skip-permissions'
+# The prompt reaches the agent on stdin (and in $MAHABHARATHA_TASK_PROMPT_FILE): argv and the environment
+# cap one string at 128 KiB. For Claude Code the worker adds --output-format stream-json --verbose (and
+# --model when workers.model is set) so it can log, count usage and watch the context.
+DEFAULT_AGENT_COMMAND = "claude -p --dangerously-skip-permissions"
 
 _MAX_CPUS = 256.0
 
@@ -46,6 +49,11 @@ class WorkersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     launcher_type: Literal["subprocess", "container"] = "subprocess"
     container_prefix: str = "mahabharatha-worker"
     agent_command: str = DEFAULT_AGENT_COMMAND
+    model: str | None = None  # Claude Code's --model
+    max_cost_usd_per_task: Annotated[float, Meta(gt=0)] | None = None  # the agent is stopped when reached
+    max_cost_usd: Annotated[float, Meta(gt=0)] | None = None  # the run is stopped when reached
+    context_threshold_percent: Annotated[int, Meta(ge=1, le=100)] = 70  # checkpoint and restart at this use
+    context_window_tokens: Annotated[int, Meta(ge=1000, le=100_000_000)] = 200_000  # until the stream names one
 
 
 class ResourcesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -86,6 +94,11 @@ _EXPECTED: dict[str, str] = {
     "workers.launcher_type": "'subprocess' or 'container'",
     "workers.container_prefix": "a Docker name prefix like 'mahabharatha-worker'",
     "workers.agent_command": "a non-empty shell command",
+    "workers.model": "a model name like 'claude-sonnet-4-5', or null",
+    "workers.max_cost_usd_per_task": "a number of US dollars > 0, or null for no budget",
+    "workers.max_cost_usd": "a number of US dollars > 0, or null for no budget",
+    "workers.context_threshold_percent": "a whole number from 1 to 100",
+    "workers.context_window_tokens": "a whole number of tokens >= 1000",
     "resources.cpu_cores": f"{_NUMBER} > 0 and <= {_MAX_CPUS:g}",
     "resources.memory_gb": f"{_NUMBER} > 0",
     "resources.container_memory_limit": MEMORY_FORMS,

@@ -179,3 +179,4 @@ class LaunchPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry_attempts: int = 2
     timeout_minutes: int = 60
     agent_command: str = ""
+    max_cost_usd: float | None = None  # workers.max_cost_usd: the run stops when its agents' cost reaches it

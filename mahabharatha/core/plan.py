@@ -217,6 +217,10 @@ def build_plan(
         "IS_SANDBOX": "1",
         "MAHABHARATHA_SPEC_DIR": spec_dir,
         P.ENV_AGENT_COMMAND: w.agent_command,
+        P.ENV_CONTEXT_THRESHOLD: str(w.context_threshold_percent),
+        P.ENV_CONTEXT_WINDOW: str(w.context_window_tokens),
+        **({P.ENV_MODEL: w.model} if w.model else {}),
+        **({P.ENV_MAX_COST_PER_TASK: repr(float(w.max_cost_usd_per_task))} if w.max_cost_usd_per_task else {}),
         "GIT_CONFIG_COUNT": "2",
         "GIT_CONFIG_KEY_0": "core.excludesFile",
         "GIT_CONFIG_VALUE_0": f"{OVERLAY_MOUNT}/exclude",
@@ -323,6 +327,7 @@ def build_plan(
         retry_attempts=w.retry_attempts,
         timeout_minutes=w.timeout_minutes,
         agent_command=w.agent_command,
+        max_cost_usd=w.max_cost_usd,
     )
     plan_id = hashlib.sha256(plan_json(draft)).hexdigest()[:PLAN_ID_LENGTH]
     label_plan = Label(key=LABEL_PLAN, value=plan_id)

@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 _IDENTITY = ("-c", "user.name=mahabharatha orchestrator", "-c", "user.email=orchestrator@mahabharatha.invalid")
-_MAX_CONTEXT_RESTARTS = 20  # per worker: an agent that always hits its limit must not loop forever
+_MAX_CONTEXT_RESTARTS = 10  # per task: an agent that always hits its limit must not loop forever
 _SECONDS_PER_MINUTE = 60.0  # tests shrink it to exercise workers.timeout_minutes quickly
 _WAKE_S = 5.0  # longest wait for an event; the loop wakes earlier when a worker's timeout falls due
 
@@ -76,6 +76,7 @@ class RunResult(msgspec.Struct, frozen=True):
     base_branch: str
     worker_branches: tuple[str, ...]
     seconds: float
+    usage: dict[str, Any] = {}  # tokens and cost per task, level and in total (see worker.state.usage_summary)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ class _Run:
         self.launcher_factory = launcher_factory
         self.alive: dict[int, Any] = {}  # worker id -> current container id / pid
         self.started_at: dict[int, float] = {}
-        self.context_restarts: dict[int, int] = {}
+        self.context_restarts: dict[str, int] = {}  # task id -> exits 2 on it
         self.error_restarts: dict[int, int] = {}
         self.timed_out: set[int] = set()
         self.stopping = False  # we are ending the run (stop signal or final status)
@@ -241,6 +242,7 @@ class _Run:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.claims: dict[int, _Claim] = {}
+        self.last_task: dict[int, str] = {}  # worker id -> the task it claimed last (exit 2 names it)
         self.server: ChannelServer | None = None
         self.progress_path = os.path.join(plan.repo, ".gsd", "specs", plan.feature, P.PROGRESS_FILE)
 
@@ -343,6 +345,8 @@ class _Run:
             return self._finish(wid, message, blob)
         if op == "park":
             return self._park(wid, message, blob)
+        if op == "checkpoint":
+            return self._checkpoint(wid, message, blob)
         if op == "release":
             with self._tx() as d:
                 released = S.release_worker(d, wid)
@@ -380,11 +384,26 @@ class _Run:
                     if task_id is not None:
                         start = self._start_for(wid)
                         self.claims[wid] = _Claim(task_id, start, level, time.monotonic())
+                        self.last_task[wid] = task_id
                         self.changed.notify_all()
                         self.events.put(("state",))
                         raw = json.loads(self.graph.raw_task(task_id))
-                        return {"ok": True, "task": raw, "task_id": task_id, "attempt": attempt, "start": start, "level": level}
+                        checkpoint = str(d["tasks"][task_id].get("checkpoint") or "")
+                        return {
+                            "ok": True, "task": raw, "task_id": task_id, "attempt": attempt, "start": start,
+                            "level": level, "checkpoint": checkpoint, "context": self._context(task_id, d),
+                        }
                 self.changed.wait(timeout=_WAKE_S)
+
+    def _context(self, task_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """What a task's prompt names beside the task: its dependencies, their files and commit subjects."""
+        deps = []
+        for dep_id in self.graph.task(task_id).dependencies:
+            dep = self.graph.task(dep_id)
+            commit = str(data["tasks"].get(dep_id, {}).get("commit") or "")
+            subject = git(self.plan.repo, "log", "-1", "--format=%s", commit, check=False) if commit else ""
+            deps.append({"id": dep_id, "title": dep.title, "files": list(dep.files.owned), "subject": subject[:200]})
+        return {"dependencies": deps}
 
     def _owns(self, data: dict[str, Any], wid: int, task_id: str) -> bool:
         claim = self.claims.get(wid)
@@ -441,11 +460,60 @@ class _Run:
                 error = error or "failed"
             with self.store.transaction() as d:
                 S.finish_task(d, task_id, status, commit=commit, error=error)
+                _add_usage(d["tasks"][task_id], message.get("usage"))
+                if status == S.DONE:
+                    d["tasks"][task_id].pop("checkpoint", None)
+                self._check_budget(d)
             self.claims.pop(wid, None)
             self.changed.notify_all()
         self.events.put(("state",))
         self._note(f"worker {wid}: {task_id} {status}" + (f" {commit[:10]}" if commit else "") + (f": {error}" if error else ""))
         return {"ok": True, "status": status, "error": error, "commit": commit}
+
+    def _check_budget(self, d: dict[str, Any]) -> None:
+        """workers.max_cost_usd: once the run's agents together cost that much, the run stops (resumable)."""
+        budget = self.plan.max_cost_usd
+        if budget is None or d.get("status") != S.RUNNING:
+            return
+        spent = sum(float((t.get("usage") or {}).get("cost_usd") or 0) for t in d["tasks"].values())
+        if spent >= budget:
+            S.mark_stopped(d, f"cost budget reached: ${spent:.2f} of workers.max_cost_usd=${budget:g}; raise it and run again to resume")
+
+    def _checkpoint(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
+        """The worker's agent reached its context threshold: keep the work so far (verified like any result)
+        under the task's checkpoint ref and give the task back; the next attempt continues from it."""
+        task_id, commit = message.get("task"), message.get("commit") or ""
+        if not isinstance(task_id, str) or not isinstance(commit, str):
+            return {"ok": False, "error": "checkpoint needs task and commit (text)"}
+        with self.changed:
+            data = self.store.read() or {}
+            if not self._owns(data, wid, task_id):
+                return {"ok": True, "status": "lost", "error": f"task {task_id} is no longer claimed by worker {wid}"}
+            claim = self.claims[wid]
+            ref = P.checkpoint_ref(self.plan.feature, task_id)
+            kept = ""
+            if commit and blob is not None:
+                try:
+                    import_bundle(
+                        self.plan.repo, blob, expected_ref=P.PARK_REF, commit=commit, dest_ref=ref,
+                        incoming_ref=f"refs/mahabharatha/incoming/{self.plan.feature}/worker-{wid}", start=claim.start,
+                        foreign=self._foreign(task_id, claim.level),
+                    )
+                    kept = commit
+                except ImportRejected as exc:
+                    self._log(f"worker {wid}: the checkpoint of {task_id} was rejected: {exc}")
+            with self.store.transaction() as d:
+                task = d["tasks"][task_id]
+                S.release_worker(d, wid)
+                _add_usage(task, message.get("usage"))
+                task["checkpoint"] = kept
+                task["error"] = _clip(f"checkpoint after {str(message.get('reason') or 'the context limit')}", 300)
+                self._check_budget(d)
+            self.claims.pop(wid, None)
+            self.changed.notify_all()
+        self.events.put(("state",))
+        self._note(f"worker {wid}: {task_id} checkpoint" + (f" {kept[:10]}" if kept else " (no changes yet)"))
+        return {"ok": True, "ref": ref if kept else ""}
 
     def _park(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
         commit = message.get("commit")
@@ -490,12 +558,21 @@ class _Run:
             self._log(f"worker {wid} exited {code} ({meaning})")
             return
         if code == P.EXIT_CONTEXT_LIMIT:
-            n = self.context_restarts[wid] = self.context_restarts.get(wid, 0) + 1
+            task_id = self.last_task.get(wid, "")
+            n = self.context_restarts[task_id] = self.context_restarts.get(task_id, 0) + 1
             if n <= _MAX_CONTEXT_RESTARTS:
-                self._restart(wid, "context limit reached (exit 2)")
+                self._restart(wid, f"context limit reached on {task_id or 'its task'} (exit 2)")
                 return
+            why = (
+                f"context limit reached on {n} attempts in a row: the task is too big for one context; split it in "
+                "the task graph (or raise workers.context_threshold_percent), then `mahabharatha retry`"
+            )
             with self.store.transaction() as d:
-                S.release_worker(d, wid, status=S.FAILED, error=f"context limit reached {n} times")
+                S.release_worker(d, wid)
+                task = d["tasks"].get(task_id)
+                if task is not None and task["status"] == S.PENDING:
+                    task.update(status=S.FAILED, error=why)
+            self._log(f"worker {wid}: task {task_id} failed: {why}")
         elif code == P.EXIT_OOM or oom:
             retries = self.plan.retry_attempts
             mem = self.plan.workers[wid].mem_limit
@@ -652,6 +729,7 @@ class _Run:
             base_branch=plan.base_branch,
             worker_branches=tuple(self._worker_branches()),
             seconds=time.monotonic() - t0,
+            usage=S.usage_summary(data),
         )
 
     def _release_claims(self) -> None:
@@ -717,6 +795,28 @@ class _Run:
                 if self.alive.get(wid) != pid:
                     continue
                 self._on_exit(wid, code, oom)
+
+
+_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "turns", "duration_ms")
+
+
+def _add_usage(task: dict[str, Any], usage: Any) -> None:
+    """Add one attempt's usage (as the worker reported it: untrusted, so only bounded numbers) to the task's."""
+    if not isinstance(usage, dict):
+        return
+    total = task.get("usage") if isinstance(task.get("usage"), dict) else {}
+    for key in _USAGE_KEYS:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
+            total[key] = int(total.get(key, 0)) + value
+    cost = usage.get("cost_usd")
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and 0 <= cost < 10**6:
+        total["cost_usd"] = round(float(total.get("cost_usd", 0.0)) + float(cost), 6)
+    model = usage.get("model")
+    if isinstance(model, str) and model:
+        total["model"] = model[:80]
+    if total:
+        task["usage"] = total
 
 
 def _clip(text: str, limit: int) -> str:

@@ -22,8 +22,11 @@ for the orchestrator's OOM policy).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,7 +37,69 @@ from typing import Any
 
 from . import gitsetup
 from . import protocol as P
+from .agent_stream import StreamParser
 from .channel import Channel, ChannelError
+
+# US dollars per million tokens (input, output, cache write, cache read), to estimate a task's cost while it
+# runs (Claude Code reports its own figure only at the end): the per-task budget must act before the end.
+_PRICES = {"opus": (15.0, 75.0, 18.75, 1.5), "sonnet": (3.0, 15.0, 3.75, 0.3), "haiku": (1.0, 5.0, 1.25, 0.1)}
+
+
+def estimate_cost(usage: dict[str, Any]) -> float:
+    """Claude Code's own total when it gave one, else an estimate from the tokens (sonnet prices when the model
+    is unknown)."""
+    if isinstance(usage.get("cost_usd"), (int, float)):
+        return float(usage["cost_usd"])
+    model = str(usage.get("model") or "")
+    price = next((p for name, p in _PRICES.items() if name in model), _PRICES["sonnet"])
+    tokens = (usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("cache_creation_tokens", 0),
+              usage.get("cache_read_tokens", 0))
+    return sum(t * p for t, p in zip(tokens, price)) / 1e6
+
+
+def is_claude(command: str) -> bool:
+    """Whether the agent command runs Claude Code (its first word is ``claude``)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return False
+    return bool(words) and os.path.basename(words[0]) == "claude"
+
+
+def claude_command(command: str, model: str | None) -> str:
+    """The agent command with what the worker needs from Claude Code: the stream and, when set, the model."""
+    words = shlex.split(command)
+    extra = []
+    if not any(w == "--output-format" or w.startswith("--output-format=") for w in words):
+        extra += ["--output-format", "stream-json", "--verbose"]
+    elif "--verbose" not in words:
+        extra.append("--verbose")
+    if model and not any(w == "--model" or w.startswith("--model=") for w in words):
+        extra += ["--model", model]
+    return " ".join([command, *map(shlex.quote, extra)])
+
+
+class AgentRun:
+    """How one agent run ended: exit code, the last lines it printed, its usage, and whether the worker stopped
+    it (``"context"``: the context threshold, ``"budget"``: the per-task cost budget)."""
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=20)
+        self.parser: StreamParser | None = None
+        self.stopped_for: str | None = None
+
+    def usage(self) -> dict[str, Any] | None:
+        return self.parser.usage.to_dict() if self.parser is not None else None
+
+    def reason(self) -> str:
+        """The agent's own one-line reason for failing (Claude Code's result, else its last line)."""
+        if self.parser is not None:
+            text = self.parser.failure_reason(self.code, self.tail)
+            if text:
+                return text
+        last = next((line.strip() for line in reversed(self.tail) if line.strip()), "")
+        return last[:300]
 
 
 def say(text: str) -> None:
@@ -65,6 +130,11 @@ class Worker:
         alternates = os.path.join(main_git, "objects") if main_git else None
         self.repo = gitsetup.Repo(self.workspace, git_dir, self.branch, alternates)
         self.stop_grace = float(env.get(P.ENV_STOP_GRACE) or 10)
+        self.model = env.get(P.ENV_MODEL) or None
+        self.max_cost = float(env.get(P.ENV_MAX_COST_PER_TASK) or 0) or None
+        self.context_threshold = float(env.get(P.ENV_CONTEXT_THRESHOLD) or 70)
+        self.context_window = int(env.get(P.ENV_CONTEXT_WINDOW) or 200_000)
+        self.spec_dir = env.get(P.ENV_SPEC_DIR) or ""
         self._killer: threading.Timer | None = None
         self.stopping = False
         self.waiting = False  # blocked on the channel: a stop signal ends the wait at once
@@ -145,7 +215,8 @@ class Worker:
             self.child = None
             sys.stdout.flush()
 
-    def prompt(self, task: dict[str, Any]) -> str:
+    def prompt(self, task: dict[str, Any], context: dict[str, Any] | None = None, checkpoint: bool = False) -> str:
+        context = context or {}
         files = task.get("files") or {}
         parts = [
             f"You are mahabharatha worker {self.worker_id} on feature {self.feature!r}.",
@@ -154,12 +225,99 @@ class Worker:
         ]
         for key in ("create", "modify", "read"):
             if files.get(key):
-                parts.append(f"Files to {key}: {', '.join(files[key])}")
+                parts.append(f"Files to {key}: {', '.join(map(str, files[key]))}")
         verify = (task.get("verification") or {}).get("command")
         if verify:
             parts.append(f"It must pass: {verify}")
+        deps = context.get("dependencies") or []
+        if deps:
+            parts.append("Done before this task (its dependencies, already in the files here):")
+            for dep in deps:
+                made = ", ".join(map(str, dep.get("files") or ())) or "no files listed"
+                parts.append(f"- {dep.get('id')}: {dep.get('subject') or dep.get('title') or ''} ({made})")
+        specs = [name for name in ("requirements.md", "design.md") if self.spec_dir and os.path.isfile(os.path.join(self.spec_dir, name))]
+        if specs:
+            parts.append("The feature's spec: " + ", ".join(os.path.join(self.spec_dir, n) for n in specs))
+        if checkpoint:
+            parts.append(
+                "An earlier attempt at this task ran out of context; its work so far is already in the files here "
+                "(a checkpoint). Continue from it: check what is done, then finish the task."
+            )
         parts.append("Work only on these files in the current directory; do not commit (the worker commits).")
         return "\n".join(p for p in parts if p)
+
+    def run_agent(self, env: dict[str, str], prompt_path: str) -> AgentRun:
+        """Run the agent with the prompt on stdin, its output read line by line: readable log lines (Claude
+        Code's stream turned into text), the last lines kept for the failure reason, the context and the cost
+        watched. The agent's process group is killed when it ends (nothing of a task outlives it)."""
+        self.check_stop()
+        run = AgentRun()
+        command = self.agent_command
+        if is_claude(command):
+            command = claude_command(command, self.model)
+            run.parser = StreamParser(self.context_window)
+        with open(prompt_path, "rb") as stdin:
+            child = subprocess.Popen(
+                ["sh", "-c", command], cwd=self.workspace, env=env, start_new_session=True, stdin=stdin,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )
+        self.child = child
+        if self.stopping:
+            self.on_signal(signal.SIGTERM, None)
+        lines: queue.Queue[bytes | None] = queue.Queue()
+
+        def pump() -> None:
+            assert child.stdout is not None
+            for raw in iter(child.stdout.readline, b""):
+                lines.put(raw)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True, name="mahabharatha-agent-output").start()
+        ended_at: float | None = None
+        try:
+            while True:
+                try:
+                    raw = lines.get(timeout=0.2)
+                except queue.Empty:
+                    if child.poll() is None:
+                        continue
+                    ended_at = ended_at or time.monotonic()
+                    if time.monotonic() - ended_at > 1.0:  # a leftover process holds the pipe: stop reading
+                        break
+                    continue
+                if raw is None:
+                    break
+                text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                run.tail.append(text)
+                shown = run.parser.feed(text) if run.parser is not None else [text]
+                for line in shown:
+                    say(line)
+                if run.stopped_for is None and run.parser is not None:
+                    if run.parser.over(self.context_threshold) and not run.parser.result:
+                        run.stopped_for = "context"
+                    elif self.max_cost and estimate_cost(run.parser.usage.to_dict()) >= self.max_cost:
+                        run.stopped_for = "budget"
+                    if run.stopped_for:
+                        self._terminate(child)
+            run.code = child.wait()
+        finally:
+            self.child = None
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            sys.stdout.flush()
+        return run
+
+    def _terminate(self, child: subprocess.Popen[bytes]) -> None:
+        """Stop the agent at once (SIGTERM to its group, SIGKILL after the grace period)."""
+        try:
+            os.killpg(child.pid, signal.SIGTERM)
+        except OSError:
+            return
+        timer = threading.Timer(self.stop_grace, self._kill_group, args=(child,))
+        timer.daemon = True
+        timer.start()
 
     def _workspace_empty(self) -> bool:
         skip = {".git", ".git-worktree", ".mahabharatha"}
@@ -195,43 +353,65 @@ class Worker:
             f"({reply.get('ref', 'refs/mahabharatha/interrupted/...')})")
 
     # -- one task -----------------------------------------------------------------------------------------
-    def do_task(self, task: dict[str, Any], attempt: int, start: str) -> int | None:
-        """Run one claimed task from ``start``. Returns an exit code when the worker must exit, else None."""
+    def do_task(self, claim: dict[str, Any]) -> int | None:
+        """Run one claimed task. Returns an exit code when the worker must exit, else None."""
+        task, attempt, start = claim["task"], int(claim["attempt"]), str(claim["start"])
         task_id = str(task.get("id"))
         self.task_id = task_id
-        self.repo.checkout(start)
-        say(f"[worker {self.worker_id}] task {task_id} (attempt {attempt}): {task.get('title', '')}")
-        fd, task_json = tempfile.mkstemp(prefix=f"task-{task_id}-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        repo = self.repo
+        repo.checkout(start)
+        checkpoint = str(claim.get("checkpoint") or "")
+        if checkpoint and not repo.apply(checkpoint):
+            say(f"[worker {self.worker_id}] task {task_id}: the checkpoint {checkpoint[:10]} does not apply here; starting over")
+            repo.checkout(start)
+            checkpoint = ""
+        say(f"[worker {self.worker_id}] task {task_id} (attempt {attempt}): {task.get('title', '')}"
+            + (f" (continuing from checkpoint {checkpoint[:10]})" if checkpoint else ""))
+        prompt = self.prompt(task, claim.get("context"), checkpoint=bool(checkpoint))
+        scratch = tempfile.mkdtemp(prefix=f"task-{task_id}-")
+        task_json = os.path.join(scratch, "task.json")
+        prompt_file = os.path.join(scratch, "prompt.txt")
+        with open(task_json, "w", encoding="utf-8") as fh:
             json.dump(task, fh, indent=1)
+        with open(prompt_file, "w", encoding="utf-8") as fh:
+            fh.write(prompt)
         env = dict(os.environ)
         env.pop(P.ENV_CHANNEL, None)
-        env.update(
-            {
-                P.ENV_TASK_ID: task_id,
-                P.ENV_TASK_JSON: task_json,
-                P.ENV_TASK_PROMPT: self.prompt(task),
-                P.ENV_TASK_ATTEMPT: str(attempt),
-            }
-        )
+        env.update({
+            P.ENV_TASK_ID: task_id, P.ENV_TASK_JSON: task_json, P.ENV_TASK_PROMPT_FILE: prompt_file,
+            P.ENV_TASK_ATTEMPT: str(attempt),
+        })
+        if len(prompt.encode("utf-8")) < P.PROMPT_ENV_LIMIT:
+            env[P.ENV_TASK_PROMPT] = prompt
+        else:
+            env.pop(P.ENV_TASK_PROMPT, None)
+        usage: dict[str, Any] | None = None
         try:
-            code = self.run_shell(self.agent_command, env, None)
+            run = self.run_agent(env, prompt_file)
+            usage = run.usage()
+            code = run.code
             self.check_stop()
-            if code == P.EXIT_CONTEXT_LIMIT:
-                self.ask("release")
-                say(f"[worker {self.worker_id}] agent reached its context limit on {task_id}; exiting 2")
-                self.progress(f"{task_id} context limit reached; task released")
-                return P.EXIT_CONTEXT_LIMIT
-            if code in (-signal.SIGKILL, 128 + signal.SIGKILL):
+            if run.stopped_for == "context" or code == P.EXIT_CONTEXT_LIMIT:
+                return self.checkpoint(task_id, start, run, usage)
+            if code in (-signal.SIGKILL, 128 + signal.SIGKILL) and run.stopped_for is None:
                 # Killed outright: in a container that is the memory limit's OOM killer. Exit 137 with the task
                 # still claimed, so the orchestrator applies its OOM policy (retry, then fail with advice).
                 say(f"[worker {self.worker_id}] agent killed (SIGKILL, likely out of memory) on {task_id}; exiting 137")
-                self.progress(f"{task_id} agent killed (SIGKILL, likely out of memory)")
                 return P.EXIT_OOM
-            error = "" if code == 0 else f"agent command exited {code}"
-            if code == 127:  # sh: command not found
-                # (The command itself is not quoted: a user may have inlined a credential in it.)
-                error += " (command not found: install the program of workers.agent_command in the worker image)"
+            error = ""
+            if run.stopped_for == "budget":
+                spent = estimate_cost(usage or {})
+                error = f"cost budget reached: ${spent:.2f} of workers.max_cost_usd_per_task=${self.max_cost:g}; the agent was stopped"
+            elif run.parser is not None and run.parser.prompt_too_long:
+                error = f"the prompt is too long for the model: {run.reason()}"
+            elif code != 0 or (run.parser is not None and run.parser.is_error):
+                error = f"agent command exited {code}"
+                if code == 127:  # sh: command not found
+                    # (The command itself is not quoted: a user may have inlined a credential in it.)
+                    error += " (command not found: install the program of workers.agent_command in the worker image)"
+                reason = run.reason()
+                if reason:
+                    error += f": {reason}"
             if not error:
                 verify = task.get("verification") or {}
                 command = verify.get("command") or ""
@@ -244,20 +424,28 @@ class Worker:
                     elif vcode != 0:
                         error = f"verification failed (exit {vcode}): {command}"
         finally:
-            os.unlink(task_json)
+            for path in (task_json, prompt_file):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(scratch)
+            except OSError:
+                pass
         title = task.get("title") or task_id
-        repo = self.repo
+        extra = {"usage": usage} if usage else {}
         if error:
             parked = repo.snapshot(start, f"{task_id} (failed): {title}")
             blob = repo.bundle(P.PARK_REF, parked, start) if parked else None
-            reply = self.ask("finish", blob, task=task_id, status="failed", error=error, commit=parked or "")
+            reply = self.ask("finish", blob, task=task_id, status="failed", error=error, commit=parked or "", **extra)
             repo.checkout(start)
             shown = reply.get("error") or error
             say(f"[worker {self.worker_id}] task {task_id} FAILED: {shown}")
             return None
         commit = repo.snapshot(start, f"{task_id}: {title}\n\nmahabharatha worker {self.worker_id}, feature {self.feature}")
         blob = repo.bundle(repo.ref, commit, start) if commit else None
-        reply = self.ask("finish", blob, task=task_id, status="done", commit=commit or "")
+        reply = self.ask("finish", blob, task=task_id, status="done", commit=commit or "", **extra)
         if reply.get("status") == "done":
             repo.checkout(commit or start)
             say(f"[worker {self.worker_id}] task {task_id} done{' (' + commit[:10] + ')' if commit else ' (no changes)'}")
@@ -266,6 +454,25 @@ class Worker:
             say(f"[worker {self.worker_id}] task {task_id} FAILED: {reply.get('error', 'rejected')}")
         self.task_id = None
         return None
+
+    def checkpoint(self, task_id: str, start: str, run: AgentRun, usage: dict[str, Any] | None) -> int:
+        """The agent reached its context limit: keep the work so far as the task's checkpoint (the next attempt
+        continues from it), give the task back and exit 2 (the orchestrator restarts this worker)."""
+        why = (
+            f"context at {run.parser.context_percent:.0f}% of {run.parser.context_window} tokens "
+            f"(workers.context_threshold_percent={self.context_threshold:g})"
+            if run.stopped_for == "context" and run.parser is not None else "the agent reported its context limit (exit 2)"
+        )
+        kept = self.repo.snapshot(start, f"{task_id} (checkpoint): work so far")
+        fields: dict[str, Any] = {"task": task_id, "commit": kept or "", "reason": why}
+        if usage:
+            fields["usage"] = usage
+        reply = self.ask("checkpoint", self.repo.bundle(P.PARK_REF, kept, start) if kept else None, **fields)
+        self.repo.checkout(start)
+        say(f"[worker {self.worker_id}] {task_id}: {why}; "
+            + (f"work so far kept at {reply.get('ref')}; " if kept else "")
+            + "exiting 2 to continue with a fresh context")
+        return P.EXIT_CONTEXT_LIMIT
 
     # -- the loop -----------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -296,7 +503,7 @@ class Worker:
                 if final == "done":
                     return P.EXIT_DONE
                 return P.EXIT_STOPPED if final == "stopped" else P.EXIT_BLOCKED
-            code = self.do_task(reply["task"], int(reply["attempt"]), str(reply["start"]))
+            code = self.do_task(reply)
             if code is not None:
                 return code
 

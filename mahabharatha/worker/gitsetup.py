@@ -101,6 +101,17 @@ class Repo:
         self.git("update-ref", self.ref, commit)
         self.git("reset", "-q", "--hard", commit)
 
+    def apply(self, commit: str) -> bool:
+        """Put ``commit``'s changes (against its parent) into the work tree, uncommitted; False when they do
+        not apply (nothing is changed then)."""
+        if not self.has(commit):
+            return False
+        if self.git("cherry-pick", "--no-commit", commit, check=False).returncode == 0:
+            return True
+        self.git("cherry-pick", "--abort", check=False)
+        self.git("reset", "-q", "--hard", "HEAD", check=False)
+        return False
+
     def bundle(self, ref: str, tip: str, start: str) -> bytes:
         """A bundle of ``ref`` = ``tip`` holding the commits since ``start`` (which the orchestrator has)."""
         self.git("update-ref", ref, tip)

@@ -76,10 +76,17 @@ ENV_GIT_WORKTREE_DIR = "ZERG_GIT_WORKTREE_DIR"
 ENV_GIT_MAIN_DIR = "ZERG_GIT_MAIN_DIR"
 ENV_CHANNEL = "MAHABHARATHA_CHANNEL"  # path of the orchestrator's socket for this worker
 ENV_AGENT_COMMAND = "MAHABHARATHA_AGENT_COMMAND"
+# Agent settings (from workers.*), read by the worker.
+ENV_MODEL = "MAHABHARATHA_MODEL"
+ENV_MAX_COST_PER_TASK = "MAHABHARATHA_MAX_COST_USD_PER_TASK"
+ENV_CONTEXT_THRESHOLD = "MAHABHARATHA_CONTEXT_THRESHOLD_PERCENT"
+ENV_CONTEXT_WINDOW = "MAHABHARATHA_CONTEXT_WINDOW_TOKENS"
 # Given to the agent command for each task.
 ENV_TASK_ID = "MAHABHARATHA_TASK_ID"
 ENV_TASK_JSON = "MAHABHARATHA_TASK_JSON"
-ENV_TASK_PROMPT = "MAHABHARATHA_TASK_PROMPT"
+ENV_TASK_PROMPT = "MAHABHARATHA_TASK_PROMPT"  # set only when the prompt is under PROMPT_ENV_LIMIT bytes
+ENV_TASK_PROMPT_FILE = "MAHABHARATHA_TASK_PROMPT_FILE"  # always; the prompt is also the agent's stdin
+PROMPT_ENV_LIMIT = 64 << 10
 ENV_TASK_ATTEMPT = "MAHABHARATHA_TASK_ATTEMPT"  # 1 for the first try of a task, 2 after one restart, ...
 # Where the feature's graph and progress log live (/repo/.gsd/specs/<feature> in a container).
 ENV_SPEC_DIR = "MAHABHARATHA_SPEC_DIR"
@@ -100,4 +107,10 @@ PARK_REF = "refs/mahabharatha/park"
 MAX_MESSAGE_BYTES = 1 << 20  # one JSON message
 MAX_BUNDLE_BYTES = 256 << 20  # one bundle (a task's commits)
 MAX_PROGRESS_CHARS = 500
-CHANNEL_OPS = frozenset({"hello", "claim", "finish", "park", "release", "progress"})
+CHANNEL_OPS = frozenset({"hello", "claim", "finish", "park", "checkpoint", "release", "progress"})
+
+
+def checkpoint_ref(feature: str, task_id: str) -> str:
+    """Where a task's work so far is kept when its agent reached the context threshold (the next attempt
+    continues from it)."""
+    return f"refs/mahabharatha/checkpoint/{feature}/{task_id}"

@@ -62,6 +62,8 @@ __all__ = [
     "mark_stopped",
     "level_settled",
     "summary",
+    "usage_summary",
+    "format_usage",
 ]
 
 VERSION = 1
@@ -195,6 +197,7 @@ def _check_task(path: str, tid: str, task: Any) -> None:
             and type(attempts) is int and attempts >= 0
             and type(commit) is str and (not commit or _HEX_RE.fullmatch(commit) is not None)
             and type(task.get("error")) is str
+            and "usage" not in task and "checkpoint" not in task
         ):
             return
     where = f"task {tid!r}: "
@@ -207,6 +210,29 @@ def _check_task(path: str, tid: str, task: Any) -> None:
             continue
         if value is _MISSING or not valid(value):
             raise _bad(path, where, key, value, expected)
+    for key, (valid, expected) in _OPTIONAL_TASK_FIELDS.items():
+        value = task.get(key, _MISSING)
+        if value is not _MISSING and not valid(value):
+            raise _bad(path, where, key, value, expected)
+
+
+def _usage_ok(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    for key, v in value.items():
+        if key == "model":
+            if not isinstance(v, str):
+                return False
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            return False
+    return True
+
+
+# Task fields a run may add: tokens and cost of its attempts, the commit of its context checkpoint.
+_OPTIONAL_TASK_FIELDS: dict[str, tuple[Any, str]] = {
+    "usage": (_usage_ok, "an object of token counts, cost_usd and model"),
+    "checkpoint": (lambda v: isinstance(v, str) and (not v or _HEX_RE.fullmatch(v) is not None), "a commit id (hex) or \"\""),
+}
 
 
 class StateStore:
@@ -391,6 +417,44 @@ def rewind_to_pending(data: dict[str, Any]) -> None:
 def level_settled(data: dict[str, Any], level: int) -> bool:
     """True when no task of ``level`` is pending or claimed."""
     return all(t["status"] not in (PENDING, CLAIMED) for t in data["tasks"].values() if t["level"] == level)
+
+
+_SUMMED = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "cost_usd", "turns", "duration_ms")
+
+
+def usage_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """Tokens and cost per task, per level and in total, for tasks whose agent reported usage:
+    ``{"tasks": {id: usage}, "levels": {level: usage}, "total": usage}`` (empty dicts when none did)."""
+    tasks: dict[str, dict[str, Any]] = {}
+    levels: dict[int, dict[str, Any]] = {}
+    total: dict[str, Any] = {}
+    for tid, task in sorted(data["tasks"].items()):
+        usage = task.get("usage")
+        if not isinstance(usage, dict) or not usage:
+            continue
+        tasks[tid] = usage
+        for bucket in (levels.setdefault(task["level"], {}), total):
+            for key in _SUMMED:
+                if isinstance(usage.get(key), (int, float)):
+                    bucket[key] = bucket.get(key, 0) + usage[key]
+    return {"tasks": tasks, "levels": dict(sorted(levels.items())), "total": total}
+
+
+def format_usage(usage: dict[str, Any]) -> str:
+    """``12.3k in (40.1k cached), 4.5k out, $0.12`` (empty when there is nothing to say)."""
+    def k(n: float) -> str:
+        return f"{n / 1000:.1f}k" if n >= 1000 else str(int(n))
+
+    if not usage:
+        return ""
+    parts = [f"{k(usage.get('input_tokens', 0))} in"]
+    cached = usage.get("cache_read_tokens", 0) + usage.get("cache_creation_tokens", 0)
+    if cached:
+        parts[0] += f" ({k(cached)} cached)"
+    parts.append(f"{k(usage.get('output_tokens', 0))} out")
+    if "cost_usd" in usage:
+        parts.append(f"${usage['cost_usd']:.2f}")
+    return ", ".join(parts)
 
 
 def summary(data: dict[str, Any]) -> dict[int, dict[str, int]]:
