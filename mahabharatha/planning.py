@@ -66,6 +66,8 @@ def plan(
         home=str(home_dir),
         has_claude_dir=(home_dir / ".claude").is_dir(),
         has_claude_json=(home_dir / ".claude.json").is_file(),
+        claude_credentials=_read_home_file(home_dir / ".claude" / ".credentials.json", 1 << 20),
+        claude_json_text=_read_home_file(home_dir / ".claude.json", 16 << 20),
     )
     return build_plan(
         repo=str(root),
@@ -99,6 +101,24 @@ def find_repo_root(start: str | os.PathLike[str] = ".") -> Path:
                 "(the directory whose .git is a directory)"
             )
     raise ConfigError(f"{here}: not inside a git repository (run `git init` there, or pass --repo)")
+
+
+def _read_home_file(path: Path, limit: int) -> str | None:
+    """A small file of the user's Claude login, or None when it is missing, too big or not a regular file
+    (a login the workers cannot copy is not an error: the plan says so)."""
+    from .edge.safefs import read_regular
+    from .errors import MahabharathaError
+
+    try:
+        data = read_regular(str(path), limit=limit, what="Claude login file", missing_ok=True)
+    except (MahabharathaError, OSError):
+        return None
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _read_optional(path: Path) -> str | None:

@@ -113,12 +113,13 @@ class AuthSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     api_key_source: str | None = None  # "environment", "<repo>/.env", or None
     oauth_token_source: str | None = None  # CLAUDE_CODE_OAUTH_TOKEN source, or None
-    claude_dir: str | None = None  # ~/.claude when present
-    claude_json: str | None = None  # ~/.claude.json when present
+    claude_dir: str | None = None  # ~/.claude when present (never mounted)
+    claude_json: str | None = None  # ~/.claude.json when present (never mounted)
+    claude_login_copied: str | None = None  # ~/.claude/.credentials.json, when its login is copied to workers
 
     @property
     def oauth(self) -> bool:
-        return self.claude_dir is not None or self.claude_json is not None
+        return self.claude_login_copied is not None
 
 
 class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

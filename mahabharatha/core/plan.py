@@ -190,12 +190,6 @@ def build_plan(
     shared_mounts_tail: list[Mount] = [
         Mount(source=worker_runtime_dir, target=f"{P.RUNTIME_LIB}/{P.RUNTIME_PACKAGE}", read_only=True)
     ]
-    if auth.claude_dir is not None:
-        shared_mounts_tail.append(Mount(source=auth.claude_dir, target=f"{P.WORKER_HOME}/.claude", read_only=False))
-    if auth.claude_json is not None:
-        shared_mounts_tail.append(
-            Mount(source=auth.claude_json, target=f"{P.WORKER_HOME}/.claude.json", read_only=False)
-        )
     tail = tuple(shared_mounts_tail)
     tmpfs = (
         (
@@ -341,14 +335,19 @@ def build_plan(
 
 def _auth_notices(auth: AuthSummary, secrets: tuple[SecretEnvVar, ...], count: int, repo: str) -> list[str]:
     names = {e.name for e in secrets}
-    if not names and not auth.oauth:
+    if not names:
+        login = (
+            f"{auth.claude_dir} has no .credentials.json (a login kept in a keychain cannot be copied); "
+            if auth.claude_dir else ""
+        )
         return [
-            "No Claude credentials found: set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN (environment or "
-            f"{repo}/.env), or log in so ~/.claude exists; agents that call the API will fail"
+            f"No Claude credentials found: {login}set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN (environment "
+            f"or {repo}/.env), or log in with `claude`; agents that call the API will fail"
         ]
-    if auth.oauth and not names and count > 1:
+    if auth.oauth:
         return [
-            f"{count} workers share ~/.claude: concurrent OAuth token refreshes can log each other out; "
-            "a long-lived CLAUDE_CODE_OAUTH_TOKEN (claude setup-token) avoids it"
+            f"{count} worker(s) get a copy of your Claude login ({auth.claude_login_copied}); your ~/.claude is not "
+            "mounted. A token refreshed in one worker rotates it for all: a long run can log the others (and your "
+            "own claude) out. A long-lived CLAUDE_CODE_OAUTH_TOKEN (claude setup-token) avoids it"
         ]
     return []

@@ -62,8 +62,8 @@ def _auth_line(plan: LaunchPlan) -> str:
     parts = [
         f"ANTHROPIC_API_KEY from {a.api_key_source}" if a.api_key_source else "ANTHROPIC_API_KEY not set",
         f"CLAUDE_CODE_OAUTH_TOKEN from {a.oauth_token_source}" if a.oauth_token_source else "CLAUDE_CODE_OAUTH_TOKEN not set",
-        f"~/.claude mounted ({a.claude_dir})" if a.claude_dir else "~/.claude not present",
-        f"~/.claude.json mounted ({a.claude_json})" if a.claude_json else "~/.claude.json not present",
+        f"Claude login copied into each worker from {a.claude_login_copied} (nothing of ~/.claude is mounted)"
+        if a.claude_login_copied else "Claude login: not copied (~/.claude is never mounted)",
     ]
     return "; ".join(parts)
 

@@ -63,6 +63,7 @@ def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, 
     from .executor import secret_environment
 
     env.update(secret_environment(spec, reveal=True))
+    env.pop(P.ENV_CLAUDE_SEED, None)  # a host worker uses the real home, which holds the login already
     env.update(
         {
             P.ENV_WORKSPACE: spec.worktree.path,

@@ -475,7 +475,33 @@ class Worker:
         return P.EXIT_CONTEXT_LIMIT
 
     # -- the loop -----------------------------------------------------------------------------------------
+    @staticmethod
+    def seed_claude_home() -> None:
+        """Write the copy of the user's Claude login into this container's own home: credentials, and a
+        ``~/.claude.json`` with onboarding done. The host's files are never mounted, so what Claude Code writes
+        (token refreshes, session transcripts, settings) stays in this container."""
+        seed = os.environ.pop(P.ENV_CLAUDE_SEED, None)
+        if not seed:
+            return
+        try:
+            data = json.loads(seed)
+            home = os.environ.get("HOME") or P.WORKER_HOME
+            os.makedirs(os.path.join(home, ".claude"), mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(home, ".claude", ".credentials.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(str(data["credentials"]))
+            config = os.path.join(home, ".claude.json")
+            if not os.path.exists(config):
+                body: dict[str, Any] = {"hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True}
+                if isinstance(data.get("account"), dict):
+                    body["oauthAccount"] = data["account"]
+                with open(config, "w", encoding="utf-8") as fh:
+                    json.dump(body, fh)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            say(f"could not copy the Claude login into the container's home: {type(exc).__name__}")
+
     def run(self) -> int:
+        self.seed_claude_home()
         try:
             self.channel = Channel(self.channel_path)
         except ChannelError as exc:

@@ -76,6 +76,9 @@ ENV_GIT_WORKTREE_DIR = "ZERG_GIT_WORKTREE_DIR"
 ENV_GIT_MAIN_DIR = "ZERG_GIT_MAIN_DIR"
 ENV_CHANNEL = "MAHABHARATHA_CHANNEL"  # path of the orchestrator's socket for this worker
 ENV_AGENT_COMMAND = "MAHABHARATHA_AGENT_COMMAND"
+# A copy of the user's Claude login for the container's own home (a secret; see core.auth). The worker
+# writes it into $HOME and takes it out of the agent's environment.
+ENV_CLAUDE_SEED = "MAHABHARATHA_CLAUDE_SEED"
 # Agent settings (from workers.*), read by the worker.
 ENV_MODEL = "MAHABHARATHA_MODEL"
 ENV_MAX_COST_PER_TASK = "MAHABHARATHA_MAX_COST_USD_PER_TASK"

@@ -14,10 +14,11 @@ TOKEN = "sk-ant-oat01-" + "B" * 40
 DOTENV = "/repo/.env"
 
 
-def discover(environ=None, dotenv=None, claude_dir=False, claude_json=False):
+def discover(environ=None, dotenv=None, claude_dir=False, claude_json=False, credentials=None, claude_json_text=None):
     return discover_auth(
         environ=environ or {}, dotenv_text=dotenv, dotenv_path=DOTENV, home="/home/u",
-        has_claude_dir=claude_dir, has_claude_json=claude_json,
+        has_claude_dir=claude_dir, has_claude_json=claude_json, claude_credentials=credentials,
+        claude_json_text=claude_json_text,
     )
 
 
@@ -59,10 +60,36 @@ def test_oauth_token_and_key_both_carried_sorted():
 
 @pytest.mark.parametrize(("claude_dir", "claude_json"), [(True, False), (False, True), (True, True)])
 def test_home_entries_as_handed(claude_dir, claude_json):
-    summary, _ = discover(claude_dir=claude_dir, claude_json=claude_json)
+    summary, secrets = discover(claude_dir=claude_dir, claude_json=claude_json)
     assert summary.claude_dir == ("/home/u/.claude" if claude_dir else None)
     assert summary.claude_json == ("/home/u/.claude.json" if claude_json else None)
-    assert summary.oauth
+    assert not summary.oauth and secrets == ()  # no credentials file: nothing to copy
+
+
+CREDENTIALS = '{"claudeAiOauth": {"accessToken": "sk-ant-oat01-' + "A" * 40 + '", "refreshToken": "r"}}'
+
+
+def test_a_host_login_is_copied_as_one_secret_never_mounted():
+    account = {"emailAddress": "u@example.invalid", "organizationUuid": "o"}
+    import json
+
+    summary, secrets = discover(
+        claude_dir=True, claude_json=True, credentials=CREDENTIALS,
+        claude_json_text=json.dumps({"oauthAccount": account, "projects": {"/x": {}}}),
+    )
+    assert summary.oauth and summary.claude_login_copied == "/home/u/.claude/.credentials.json"
+    (seed,) = secrets
+    assert seed.name == "MAHABHARATHA_CLAUDE_SEED" and seed.source == "/home/u/.claude/.credentials.json"
+    data = json.loads(seed.value.reveal())
+    assert data == {"credentials": CREDENTIALS, "account": account}  # the account entry only, not the history
+    assert "sk-ant-oat01" not in repr(summary) + repr(secrets)
+
+
+def test_an_api_key_or_token_means_no_login_is_copied():
+    for environ in ({"ANTHROPIC_API_KEY": KEY}, {"CLAUDE_CODE_OAUTH_TOKEN": KEY}):
+        summary, secrets = discover(environ, claude_dir=True, credentials=CREDENTIALS)
+        assert [s.name for s in secrets] != ["MAHABHARATHA_CLAUDE_SEED"] and not summary.oauth
+        assert "MAHABHARATHA_CLAUDE_SEED" not in [s.name for s in secrets]
 
 
 @settings(max_examples=100, deadline=None)
