@@ -58,10 +58,15 @@ __all__ = [
     "state_dir",
     "log_dir",
     "WORKER_COMMAND",
+    "SUBPROCESS_NOTICE",
     "PLAN_ID_LENGTH",
 ]
 
 WORKER_COMMAND = ("python3", "-m", P.RUNTIME_PACKAGE)
+SUBPROCESS_NOTICE = (
+    "Subprocess mode: agents run on this machine as you, with permissions skipped, and nothing isolates "
+    "them from your files; --mode container gives each its own container (see Hardening in the README)"
+)
 PLAN_ID_LENGTH = 12
 OVERLAY_MOUNT = "/opt/mahabharatha/overlay"
 REPO_GSD = "/repo/.gsd"
@@ -175,6 +180,8 @@ def build_plan(
     if count < requested_workers:
         all_notices.append(f"Capped {requested_workers} workers to workers.max_concurrent={w.max_concurrent}")
     all_notices.extend(_auth_notices(auth, secrets, count, repo))
+    if w.launcher_type == "subprocess":
+        all_notices.append(SUBPROCESS_NOTICE)
 
     base = base_branch(feature)
     shared_state_dir = state_dir(repo)

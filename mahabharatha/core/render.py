@@ -34,7 +34,7 @@ def render_text(plan: LaunchPlan) -> str:
     lines.append(f"Config: {plan.config_path or '(defaults)'}")
     lines.append(f"Base branch: {plan.base_branch}; state: {plan.state_dir}; logs: {plan.log_dir}")
     lines.append(f"Auth: {_auth_line(plan)}")
-    lines.append(f"Retries after OOM: {plan.retry_attempts}; worker timeout: {plan.timeout_minutes} min")
+    lines.append(f"Retries after OOM: {plan.retry_attempts}; task attempt timeout: {plan.timeout_minutes} min")
     if plan.workers:
         first = plan.workers[0]
         security = [f"user {first.user}"]
@@ -46,7 +46,10 @@ def render_text(plan: LaunchPlan) -> str:
         if first.init:
             security.append("init")
         lines.append("Security: " + "; ".join(security))
-    lines.append("Before start: create each worktree and branch below, and write its overlay files.")
+    lines.append(
+        "Before start: create each workspace, private git directory and branch below, and write its overlay files; "
+        "results come back as git bundles the orchestrator verifies before they reach a branch."
+    )
     for spec in plan.workers:
         lines.append("")
         lines.extend(_worker_lines(spec))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from mahabharatha.core.auth import discover_auth
 from mahabharatha.core.config import Config, load_config
 from mahabharatha.core.model import LaunchPlan
-from mahabharatha.core.plan import build_plan, plan_json
+from mahabharatha.core.plan import SUBPROCESS_NOTICE, build_plan, plan_json
 from mahabharatha.errors import ConfigError
 
 REPO = "/home/u/src/app"
@@ -141,7 +141,9 @@ def test_capping_with_notice():
 def test_auth_notices():
     assert any("No Claude credentials" in n for n in make(1, environ={}).notices)
     assert any("has no .credentials.json" in n for n in make(1, environ={}, claude_dir=True).notices)
-    assert make(3, claude_dir=True).notices == ()  # an API key: nothing to say
+    assert make(3, claude_dir=True).notices == (SUBPROCESS_NOTICE,)  # an API key: nothing to say about auth
+    container = load_config("c", "workers:\n  launcher_type: container\n")
+    assert make(3, claude_dir=True, config=container).notices == ()
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, "3"])
