@@ -217,8 +217,21 @@ def test_a_worker_over_its_time_is_stopped_and_its_task_fails(repo: Path, monkey
     assert (result.status, result.exit_code) == ("blocked", 3), lines
     state = json.loads((repo / ".mahabharatha/state/feat/state.json").read_text())
     assert state["tasks"]["slow"]["status"] == "failed"
-    assert state["tasks"]["slow"]["error"] == "worker timed out after 1 min (workers.timeout_minutes)"
+    assert state["tasks"]["slow"]["error"] == "task attempt timed out after 1 min (workers.timeout_minutes)"
     assert state["tasks"]["next"]["status"] == "blocked"
+    assert any("task slow over workers.timeout_minutes=1; stopping it" in line for line in lines), lines
+
+
+def test_the_timeout_counts_from_each_claim_not_from_the_worker_start(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # workers.timeout_minutes bounds one task attempt: a worker that does several tasks, each well within the
+    # limit, is never stopped although its whole time exceeds it.
+    import mahabharatha.edge.orchestrator as orchestrator
+
+    monkeypatch.setattr(orchestrator, "_SECONDS_PER_MINUTE", 3.0)  # timeout_minutes: 1 -> three seconds
+    tasks = [task(t, 1, create=(f"{t}.txt",), sleep={"1": 1.2}) for t in ("a", "b", "c")]
+    result, lines = run(repo, tasks, workers=1, extra="  timeout_minutes: 1\n")
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    assert result.seconds > 3.6 and not any("timeout" in line for line in lines), lines
 
 
 def test_a_second_orchestrator_for_the_same_feature_is_refused(repo: Path) -> None:
@@ -334,32 +347,41 @@ def test_stop_ends_a_subprocess_run_with_130_and_it_resumes(repo: Path, capsys: 
     assert {"q.txt", "s.txt", "a.txt"} <= files_on(repo, "mahabharatha/feat/base")
 
 
-def test_stop_reaches_workers_whose_orchestrator_is_gone(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stop_reaches_workers_whose_orchestrator_is_gone(harness, capsys: pytest.CaptureFixture[str]) -> None:
+    # Workers started by a run whose orchestrator then died (its channel closed with it; the agent of the
+    # worker below keeps running, it has no reason to ask anything yet): `mahabharatha stop` finds them by the
+    # recorded pids, they exit 130, and the run is marked stopped. Nobody is left to take the task back, so it
+    # stays claimed in the state until the next run resumes it.
     import queue
 
     from mahabharatha.cli import main
     from mahabharatha.edge.launchers import SubprocessLauncher
     from mahabharatha.edge.orchestrator import init_state
 
-    p, g = _setup(repo, STOP_GRAPH[1:2], workers=1)
-    store = S.StateStore(p.state_dir, "feat")
-    init_state(store, g)
-    launcher = SubprocessLauncher(p, queue.Queue(), print)  # workers without any orchestrator loop
+    h = harness(STOP_GRAPH[1:2])
+    store = h.store
+    launcher = SubprocessLauncher(h.plan, queue.Queue(), print)  # workers without any orchestrator loop
     launcher.start_all()
     try:
         _wait_for(store, "slow", S.CLAIMED)
         pid = launcher.procs[0].pid
         assert store.read()["processes"]["0"]["pid"] == pid
-        assert main(["stop", "--repo", str(repo), "--feature", "feat", "--timeout", "20"]) == 0
+        h.server.close()  # the orchestrator is gone
+        assert main(["stop", "--repo", h.repo, "--feature", "feat", "--timeout", "20"]) == 0
         assert launcher.procs[0].wait(timeout=30) == 130
     finally:
         launcher.stop_all(timeout=5)
     assert f"worker 0 (pid {pid}): stopped" in capsys.readouterr().out
     data = store.read()
-    assert data["status"] == "stopped" and data["tasks"]["slow"]["status"] == S.PENDING
+    assert data["status"] == "stopped" and data["tasks"]["slow"]["status"] == S.CLAIMED
+    log = Path(h.plan.workers[0].log_path).read_text()
+    assert "could not release tasks" in log and "stopped by signal" in log, log
     # A second stop finds nothing to signal (the recorded pid is gone) and says so.
-    assert main(["stop", "--repo", str(repo), "--feature", "feat"]) == 0
+    assert main(["stop", "--repo", h.repo, "--feature", "feat"]) == 0
     assert "No running workers for feature feat" in capsys.readouterr().out
+    # The next run takes the task up again.
+    resumed, _ = init_state(store, h.graph)
+    assert resumed["tasks"]["slow"]["status"] == S.PENDING and resumed["status"] == S.RUNNING
 
 
 def test_secrets_in_worker_output_are_redacted_in_the_host_log(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
