@@ -165,7 +165,7 @@ def test_context_limit_restarts_the_worker(git_repo: Path, make_plan: Any, docke
     graph = write_graph(git_repo, [task("A", 1, create=("a.txt",), exit={"1": 2})])
     result, lines = run(make_plan, docker_client, graph, 1)
     assert (result.status, result.exit_code) == ("done", 0), lines
-    assert any("context limit reached (exit 2); restarting" in line for line in lines), lines
+    assert any("context limit reached on A (exit 2); restarting" in line for line in lines), lines
     assert state_of(git_repo)["tasks"]["A"]["attempts"] == 2
 
 
@@ -235,7 +235,7 @@ def test_a_broken_event_stream_does_not_hang_the_run(git_repo: Path, make_plan: 
     graph = write_graph(git_repo, [task("A", 1, create=("a.txt",), exit={"1": 2}), task("B", 2, ("A",), create=("b.txt",))])
     result, lines = run(make_plan, docker_client, graph, 1)
     assert (result.status, result.exit_code) == ("done", 0), lines
-    assert any("context limit reached (exit 2); restarting" in line for line in lines), lines
+    assert any("context limit reached on A (exit 2); restarting" in line for line in lines), lines
 
 
 def test_a_container_over_its_time_is_stopped_and_its_task_fails(git_repo: Path, make_plan: Any, docker_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
