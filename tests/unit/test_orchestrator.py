@@ -184,7 +184,7 @@ def test_context_limit_restarts_the_worker_for_the_same_task(repo: Path) -> None
     tasks = [task("A", 1, create=("a.txt",), exit={"1": 2}), task("B", 2, ("A",), create=("b.txt",))]
     result, lines = run(repo, tasks, workers=1)
     assert result.status == "done", lines
-    assert any("context limit reached (exit 2); restarting" in line for line in lines)
+    assert any("context limit reached on A (exit 2); restarting" in line for line in lines)
     state = json.loads((repo / ".mahabharatha/state/feat/state.json").read_text())
     assert state["tasks"]["A"]["attempts"] == 2
     assert {"a.txt", "b.txt"} <= files_on(repo, "mahabharatha/feat/base")
