@@ -6,8 +6,9 @@ the bytes, never a path a container could have replaced, and admits them only wh
 1. the bundle names exactly one ref, the one this kind of result must carry (the worker's own branch for a
    finished task, :data:`~mahabharatha.worker.protocol.PARK_REF` for work to keep), pointing at the commit
    the worker claims;
-2. git fetches it with ``transfer.fsckObjects`` (malformed objects, ``.git`` paths and the like are
-   refused) into a ref of the run's own incoming namespace;
+2. git indexes its pack with fsck, strictly (``index-pack --strict``: malformed objects, ``.git`` paths and
+   the like are refused; ``git fetch`` from a bundle skips fsck before git 2.4x whatever the config says),
+   and a ref of the run's own incoming namespace is set to it;
 3. the commit descends from the commit the orchestrator told the worker to start from (for finished work);
 4. it changes no file that another task of the same level owns (``files.create``/``files.modify``), so one
    worker's result cannot make the level's merge conflict.
@@ -28,12 +29,12 @@ import msgspec
 
 from ..errors import MahabharathaError
 from ..worker import protocol as P
-from .git import git, git_ok
+from .git import HARDENING, _run, git, git_ok
 
 __all__ = ["ImportRejected", "Imported", "verdict", "parse_heads", "import_bundle"]
 
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
-_FSCK = ("-c", "transfer.fsckObjects=true", "-c", "fetch.fsckObjects=true", "-c", "fetch.writeCommitGraph=false")
+_BUNDLE_SIGNATURES = (b"# v2 git bundle\n", b"# v3 git bundle\n")
 
 
 class ImportRejected(MahabharathaError):
@@ -70,7 +71,21 @@ def verdict(
     ``descends(a, b)``: whether commit ``b`` descends from (or is) ``a``; ``changed()``: the paths the result
     changes against ``start``; ``foreign``: path -> task id of the files other tasks of the level own.
     """
-    if not _SHA.match(commit):
+    reason = _verdict(heads, expected_ref, commit, start, descends, changed, foreign)
+    # Paths and refs may hold line breaks and control characters (an agent names its files): escaped.
+    return None if reason is None else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in reason)
+
+
+def _verdict(
+    heads: list[tuple[str, str]],
+    expected_ref: str,
+    commit: str,
+    start: str | None,
+    descends: Callable[[str, str], bool],
+    changed: Callable[[], Iterable[str]],
+    foreign: dict[str, str],
+) -> str | None:
+    if not _SHA.fullmatch(commit):  # (match() would take a trailing newline: `$` matches before one)
         return f"the claimed commit {commit[:50]!r} is not a commit id"
     if len(heads) != 1:
         shown = ", ".join(ref[:80] for _, ref in heads[:3]) or "none"
@@ -121,9 +136,9 @@ def import_bundle(
         )
         if early:
             raise ImportRejected(early)
+        _index_strictly(repo, bundle)
         try:
-            git(repo, *_FSCK, "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
-                path, f"+{expected_ref}:{incoming_ref}")
+            git(repo, "update-ref", incoming_ref, heads[0][0])
         except MahabharathaError as exc:
             raise ImportRejected(f"git refused the bundle: {str(exc).rsplit(': ', 1)[-1][:200]}") from None
     finally:
@@ -147,3 +162,21 @@ def import_bundle(
         return Imported(commit=commit, ref=dest_ref)
     finally:
         git(repo, "update-ref", "-d", incoming_ref, check=False)
+
+
+def _index_strictly(repo: str, bundle: bytes) -> None:
+    """Add the bundle's objects to ``repo`` through ``git index-pack --strict`` (fsck of every object, links
+    included), after checking that ``repo`` has the commits the bundle needs. Raises :class:`ImportRejected`."""
+    header, sep, pack = bundle.partition(b"\n\n")
+    if not sep or not bundle.startswith(_BUNDLE_SIGNATURES):
+        raise ImportRejected("git refused the bundle: not a git bundle (v2 or v3)")
+    for line in header.split(b"\n")[1:]:
+        if line.startswith(b"-"):
+            need = line[1:].split(b" ", 1)[0].decode("ascii", "replace")
+            if not _SHA.fullmatch(need) or not git_ok(repo, "cat-file", "-e", f"{need}^{{commit}}"):
+                raise ImportRejected(f"git refused the bundle: it needs commit {need[:12]!r}, which the repository does not have")
+    proc = _run(["git", "-C", repo, *HARDENING, "index-pack", "--stdin", "--fix-thin", "--strict"], input=pack)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+        detail = next((line for line in lines if line.startswith("error: ")), lines[-1] if lines else f"exit {proc.returncode}")
+        raise ImportRejected(f"git refused the bundle: {detail.removeprefix('error: ')[:200]}")

@@ -65,7 +65,15 @@ class Harness:
     def task(self, tid: str) -> dict[str, Any]:
         return (self.store.read() or {})["tasks"][tid]
 
+    def starting(self, wid: int) -> None:
+        """What the run does as it (re)starts a worker: it may keep leftovers once, before its first task."""
+        may_park = getattr(self.run, "may_park", None)
+        if may_park is not None:
+            with self.run.changed:
+                may_park.add(wid)
+
     def start(self, wid: int = 0, env: dict[str, str] | None = None, cwd: str | Path | None = None) -> subprocess.Popen[str]:
+        self.starting(wid)
         proc = subprocess.Popen(
             [sys.executable, "-m", P.RUNTIME_PACKAGE], cwd=str(cwd or self.workspace(wid)),
             env=env if env is not None else self.env(wid), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
