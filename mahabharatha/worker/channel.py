@@ -70,11 +70,11 @@ class _Reader:
     def line(self, limit: int) -> bytes:
         while True:
             end = self.buf.find(b"\n")
+            if end > limit or (end < 0 and len(self.buf) > limit):  # (a whole line in one read counts too)
+                raise ChannelError(f"a message longer than {limit} bytes")
             if end >= 0:
                 line, self.buf = self.buf[:end], self.buf[end + 1 :]
                 return line
-            if len(self.buf) > limit:
-                raise ChannelError(f"a message longer than {limit} bytes")
             self._more()
 
     def exactly(self, n: int) -> bytes:
