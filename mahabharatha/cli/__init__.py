@@ -117,10 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install-commands", help="install /mahabharatha:* slash commands into .claude/commands/")
     _repo_args(p)
 
-    p = sub.add_parser("build-image", help="build the worker image from .devcontainer/Dockerfile")
+    p = sub.add_parser("build-image", help="build the worker image from the Dockerfile shipped in the package")
     p.add_argument("--tag", default="mahabharatha-worker")
     p.add_argument("--base-image", help="BASE_IMAGE build arg")
     p.add_argument("--no-claude", action="store_true", help="skip installing the claude CLI")
+    p.add_argument("--claude-version", help="CLAUDE_CODE_VERSION build arg (the pinned Claude Code release)")
+    p.add_argument("--extra-ca-cert", metavar="PEM_FILE",
+                   help="trust this CA (a TLS-intercepting proxy's) for the download and at run time")
     return parser
 
 

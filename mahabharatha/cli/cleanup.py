@@ -129,9 +129,25 @@ def cmd_build_image(args: argparse.Namespace) -> int:
     from ..edge import executor
     from ..edge.images import ensure_image
 
+    from ..errors import ConfigError
+
     buildargs = {"INSTALL_CLAUDE": "0" if args.no_claude else "1"}
     if args.base_image:
         buildargs["BASE_IMAGE"] = args.base_image
+    if getattr(args, "claude_version", None):
+        buildargs["CLAUDE_CODE_VERSION"] = args.claude_version
+    if getattr(args, "extra_ca_cert", None):
+        from ..edge.safefs import read_regular
+
+        try:
+            pem = read_regular(args.extra_ca_cert, limit=96 << 10, what="--extra-ca-cert").decode("ascii")
+        except UnicodeDecodeError:
+            raise ConfigError(f"--extra-ca-cert {args.extra_ca_cert}: not PEM text", hint="pass a PEM certificate file") from None
+        except FileNotFoundError:
+            raise ConfigError(f"--extra-ca-cert {args.extra_ca_cert}: no such file") from None
+        if "BEGIN CERTIFICATE" not in pem:
+            raise ConfigError(f"--extra-ca-cert {args.extra_ca_cert}: no PEM certificate in it", hint="pass a PEM certificate file")
+        buildargs["EXTRA_CA_CERT"] = pem
     client = executor.make_client(action=f"Cannot build image {args.tag}")
     image_id = ensure_image(client, args.tag, buildargs=buildargs, force=True, on_output=lambda line: print(line, flush=True))
     print(f"Built {args.tag} ({image_id[:19]})")

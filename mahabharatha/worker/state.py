@@ -32,10 +32,12 @@ Standard library only (this module runs inside worker containers).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
 import os
+import stat
 import re
 import tempfile
 import time
@@ -235,6 +237,9 @@ _OPTIONAL_TASK_FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
+_MAX_STATE_BYTES = 256 << 20
+
+
 class StateStore:
     """``state.json`` + ``lock`` of one feature under ``state_dir``."""
 
@@ -258,20 +263,34 @@ class StateStore:
         do that: writes are atomic).
         """
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                text = fh.read()
+            # Never a symlink, a FIFO (it would hang) or a device; bounded.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file where a parent dir should be
             return None
-        except IsADirectoryError:
-            raise StateError(self.path, "it is a directory") from None
-        except UnicodeDecodeError:
-            raise StateError(self.path, "not UTF-8 text") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateError(self.path, "it is a symlink") from None
             raise StateError(self.path, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
         try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise StateError(self.path, f"not valid JSON: {exc}") from None
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise StateError(self.path, "it is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise StateError(self.path, "it is not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                raw = fh.read(_MAX_STATE_BYTES + 1)
+        except OSError as exc:
+            raise StateError(self.path, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+        finally:
+            os.close(fd)
+        if len(raw) > _MAX_STATE_BYTES:
+            raise StateError(self.path, f"larger than {_MAX_STATE_BYTES >> 20} MiB")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise StateError(self.path, "not UTF-8 text") from None
+        except (ValueError, RecursionError) as exc:
+            raise StateError(self.path, f"not valid JSON: {str(exc)[:200]}") from None
         return _check(self.path, data)
 
     def _write(self, data: dict[str, Any]) -> None:
@@ -292,11 +311,12 @@ class StateStore:
     def notify(self) -> None:
         """Poke the orchestrator's FIFO (never blocks; nothing happens when nobody listens)."""
         try:
-            fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+            fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return
         try:
-            os.write(fd, b".")
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):  # a plain file planted there is never written
+                os.write(fd, b".")
         except OSError:
             pass
         finally:
@@ -306,7 +326,7 @@ class StateStore:
     def lock(self) -> Iterator[None]:
         """Hold the feature's lock (blocking)."""
         os.makedirs(self.dir, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
