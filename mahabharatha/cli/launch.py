@@ -24,8 +24,31 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["cmd_kurukshetra", "cmd_demo", "format_summary", "read_graph"]
 
 
+_stdout_gone = False
+
+
 def _say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+    """A progress line on stdout. A reader that left (`kurukshetra | head -2`) is no reason to stop the
+    workers: further lines are dropped, the run goes on, and the exit code still reports it."""
+    global _stdout_gone
+    if _stdout_gone:
+        return
+    try:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+    except BrokenPipeError:
+        _stdout_gone = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _say_plain(text: str) -> None:
+    global _stdout_gone
+    if _stdout_gone:
+        return
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _stdout_gone = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def read_graph(repo: str, feature: str) -> TaskGraph:
@@ -131,7 +154,7 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
     for note in _dirty_worktree_notes(launch_plan):
         _say(f"note: {note}")
     result = orchestrate(launch_plan, graph, out=_say, keep_failed=getattr(args, "keep_failed", False))
-    print(format_summary(result, repo=launch_plan.repo), flush=True)
+    _say_plain(format_summary(result, repo=launch_plan.repo))
     return result.exit_code
 
 

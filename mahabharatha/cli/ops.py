@@ -149,10 +149,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_files(repo: str, worker: str | None) -> list[Path]:
+def _log_files(repo: str, feature: str, worker: str | None) -> list[Path]:
     from ..core.plan import log_dir
 
-    logs = Path(log_dir(repo))
+    logs = Path(log_dir(repo, feature))
     if worker is not None:
         if not worker.isdigit():
             raise ConfigError(f"logs: WORKER must be a worker id (0, 1, ...), got {worker!r}")
@@ -185,15 +185,24 @@ def run_in_progress(repo: str, feature: str) -> bool:
     return False
 
 
+_COLOURS = ("36", "33", "35", "32", "34", "31")
+
+
+def _tag(name: str, n: int) -> str:
+    """``[worker-N] ``: coloured on a terminal (a colour per worker), plain otherwise."""
+    if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+        return f"\x1b[{_COLOURS[n % len(_COLOURS)]}m[{name}]\x1b[0m "
+    return f"[{name}] "
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     repo, feature = repo_feature(args)
     if getattr(args, "feature", None) and not state_store(repo, feature).exists():
-        # The log files are per repository (worker-N.stdout.log): never show another feature's output as this one's.
         raise MahabharathaError(
             f"no run of feature {feature!r} in {repo}, so no logs for it",
             hint="see `mahabharatha status --feature NAME` for the features that ran",
         )
-    files = _log_files(repo, getattr(args, "worker", None))
+    files = _log_files(repo, feature, getattr(args, "worker", None))
     prefix = len(files) > 1
     tail = getattr(args, "tail", None)
     handles = []
@@ -202,7 +211,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         lines = fh.readlines()
         if tail is not None:
             lines = lines[-tail:] if tail > 0 else []
-        tag = f"[{path.name.split('.')[0]}] " if prefix else ""
+        tag = _tag(path.name.split(".")[0], len(handles)) if prefix else ""
         sys.stdout.writelines(tag + line if line.endswith("\n") else tag + line + "\n" for line in lines)
         handles.append((tag, fh))
     sys.stdout.flush()

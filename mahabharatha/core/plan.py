@@ -109,9 +109,9 @@ def state_dir(repo: str) -> str:
     return f"{repo}/.mahabharatha/state"
 
 
-def log_dir(repo: str) -> str:
-    """Host directory of the workers' stdout logs."""
-    return f"{repo}/.mahabharatha/logs/workers"
+def log_dir(repo: str, feature: str) -> str:
+    """Host directory of one feature's worker stdout logs (two features' runs never share a log file)."""
+    return f"{repo}/.mahabharatha/logs/workers/{feature}"
 
 
 def runtime_dir(repo: str, feature: str, worker_id: int) -> str:
@@ -185,7 +185,7 @@ def build_plan(
 
     base = base_branch(feature)
     shared_state_dir = state_dir(repo)
-    workers_log_dir = log_dir(repo)
+    workers_log_dir = log_dir(repo, feature)
     git_dir = f"{repo}/.git"
     spec_dir = f"{REPO_GSD}/specs/{feature}"
 

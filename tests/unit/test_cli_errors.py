@@ -123,7 +123,7 @@ def test_task_graph_that_is_a_directory(repo: Path, capsys: pytest.CaptureFixtur
 
 
 def _log(repo: Path, worker: int, text: str) -> Path:
-    logs = repo / ".mahabharatha" / "logs" / "workers"
+    logs = repo / ".mahabharatha" / "logs" / "workers" / "feat"
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"worker-{worker}.stdout.log"
     with open(path, "a") as fh:
@@ -227,11 +227,11 @@ def test_a_file_where_a_directory_goes_is_one_line_naming_it(repo: Path, capsys:
 
 def test_run_with_a_file_where_the_log_dir_goes_stops_resumably(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}')
-    logs = repo / ".mahabharatha" / "logs"
+    logs = repo / ".mahabharatha" / "logs" / "workers"
     logs.mkdir(parents=True)
-    (logs / "workers").write_text("in the way")
+    (logs / "feat").write_text("in the way")
     assert main(["kurukshetra", "--mode", "subprocess", "--workers", "1", "--repo", str(repo)]) == 1
-    _one_line_error(capsys, str(logs / "workers"), "is a file, but a directory is needed there")
+    _one_line_error(capsys, str(logs / "feat"), "is a file, but a directory is needed there")
     data = S.StateStore(str(repo / ".mahabharatha" / "state"), "feat").read()
     assert data is not None and data["status"] == "stopped" and data["tasks"]["A"]["status"] == "pending"
 

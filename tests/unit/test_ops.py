@@ -64,7 +64,7 @@ def test_retry_puts_failed_and_blocked_back_and_reopens_the_run(repo: Path, caps
 
 
 def test_logs_tail_and_prefix(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    logs = repo / ".mahabharatha" / "logs" / "workers"
+    logs = repo / ".mahabharatha" / "logs" / "workers" / "feat"
     logs.mkdir(parents=True)
     (logs / "worker-0.stdout.log").write_text("one\ntwo\nthree\n")
     (logs / "worker-1.stdout.log").write_text("x\n")

@@ -97,7 +97,7 @@ def test_worker_spec_matches_the_tables():
         "io.mahabharatha.worker": "1", "io.mahabharatha.plan": plan.plan_id,
     }
     assert [lbl.key for lbl in w.labels] == sorted(w.label_dict())
-    assert w.log_path == f"{REPO}/.mahabharatha/logs/workers/worker-1.stdout.log"
+    assert w.log_path == f"{REPO}/.mahabharatha/logs/workers/user-auth/worker-1.stdout.log"
     assert (w.ready_timeout_s, w.start_timeout_s) == (30.0, 120.0)
     assert w.worktree.path == wt and w.worktree.branch == "mahabharatha/user-auth/worker-1"
     assert w.worktree.base == "mahabharatha/user-auth/base" and w.worktree.git_dir == f"{o}/git"
