@@ -671,12 +671,16 @@ class _Run:
             if (self.store.read() or {}).get("status") == S.RUNNING:
                 n = len(plan.workers)
                 self._log(f"starting {n} worker(s) ({plan.mode}) for {plan.feature}: {len(self.graph.tasks)} tasks in {len(self.graph.levels)} levels")
+                if plan.mode == "container":  # the launch in the words the tutorial uses
+                    self._log(f"Container mode: using image {plan.image}")
+                    for spec in plan.workers:
+                        self._log(f"Launching Worker {spec.worker_id}: {spec.name} (memory={spec.mem_limit}, cpus={spec.cpus})")
                 self.launcher = self.launcher_factory(plan, self.events, self.out)
                 self.launcher.start_all()
                 for spec in plan.workers:
                     self.alive[spec.worker_id] = self.launcher.current(spec.worker_id)
                     self.started_at[spec.worker_id] = time.monotonic()
-                self._log(f"{n} worker(s) ready")
+                self._log("All containers running. Orchestrator started." if plan.mode == "container" else f"{n} worker(s) ready")
                 self._loop()
         except KeyboardInterrupt:
             # A second Ctrl-C (or a SIGTERM) must not cut the stop short and leave containers behind.
