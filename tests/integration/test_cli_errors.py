@@ -106,7 +106,7 @@ def test_ctrl_c_during_launch_or_run_leaves_no_containers_and_a_resumable_state(
     assert proc.stdout is not None
     for line in proc.stdout:
         seen.append(line)
-        if ("1 worker(s) ready" if when == "ready" else "starting 1 worker(s)") in line:
+        if ("All containers running" if when == "ready" else "starting 1 worker(s)") in line:
             proc.send_signal(getattr(signal, signame))
             break
     rest = proc.communicate(timeout=120)[0]
@@ -193,7 +193,7 @@ def test_repeated_ctrl_c_while_workers_stop_still_leaves_no_containers(
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if "1 worker(s) ready" in line:
+        if "All containers running" in line:
             break
     proc.send_signal(signal.SIGINT)
     for line in proc.stdout:
