@@ -41,11 +41,16 @@ def _wait(h: Any, task_id: str, *statuses: str, proc: Any = None, seconds: float
 
 
 def _start_until_claimed(h: Any, task_id: str, env: dict[str, str] | None = None) -> Any:
-    """Start the worker, check its ready line, and wait until it has claimed ``task_id``."""
+    """Start the worker, check its ready line, and wait until it works on ``task_id`` (claimed in the state,
+    and the worker has the claim's answer: it says so before it starts the agent)."""
     proc = h.start(env=env)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == P.ready_line(0)
     _wait(h, task_id, S.CLAIMED, proc=proc)
+    seen = [proc.stdout.readline() for _ in range(1)]
+    while f"task {task_id} (attempt " not in seen[-1]:
+        assert seen[-1] and len(seen) < 50, seen
+        seen.append(proc.stdout.readline())
     return proc
 
 
@@ -134,7 +139,8 @@ def test_repeated_stop_signals_still_exit_130(harness) -> None:
     strict=True,
     reason="BUG: the stop interrupts the long-poll claim mid-request; the release then goes out on the same "
     "connection, whose server thread is still inside the claim, so the worker waits for the claim's answer "
-    "(forever here; until the run ends in a real run, and then takes the claim's reply for the release's)",
+    "(forever here; until the run ends in a real run, and then takes the claim's reply for the release's; "
+    "the same happens when the stop lands while a granted claim's answer is on its way)",
 )
 def test_a_stop_signal_ends_an_idle_workers_wait_with_130(harness) -> None:
     # An idle worker waits in its claim on the channel (no polling): the signal must end the wait at once.
