@@ -353,6 +353,7 @@ def test_stop_reaches_workers_whose_orchestrator_is_gone(harness, capsys: pytest
     # recorded pids, they exit 130, and the run is marked stopped. Nobody is left to take the task back, so it
     # stays claimed in the state until the next run resumes it.
     import queue
+    import time
 
     from mahabharatha.cli import main
     from mahabharatha.edge.launchers import SubprocessLauncher
@@ -364,6 +365,11 @@ def test_stop_reaches_workers_whose_orchestrator_is_gone(harness, capsys: pytest
     launcher.start_all()
     try:
         _wait_for(store, "slow", S.CLAIMED)
+        log = Path(h.plan.workers[0].log_path)
+        deadline = time.monotonic() + 30
+        while "task slow (attempt 1)" not in (log.read_text() if log.exists() else ""):  # it has its answer
+            assert time.monotonic() < deadline and launcher.procs[0].poll() is None
+            time.sleep(0.05)
         pid = launcher.procs[0].pid
         assert store.read()["processes"]["0"]["pid"] == pid
         h.server.close()  # the orchestrator is gone
@@ -374,8 +380,8 @@ def test_stop_reaches_workers_whose_orchestrator_is_gone(harness, capsys: pytest
     assert f"worker 0 (pid {pid}): stopped" in capsys.readouterr().out
     data = store.read()
     assert data["status"] == "stopped" and data["tasks"]["slow"]["status"] == S.CLAIMED
-    log = Path(h.plan.workers[0].log_path).read_text()
-    assert "could not release tasks" in log and "stopped by signal" in log, log
+    text = log.read_text()
+    assert "could not release tasks" in text and "stopped by signal" in text, text
     # A second stop finds nothing to signal (the recorded pid is gone) and says so.
     assert main(["stop", "--repo", h.repo, "--feature", "feat"]) == 0
     assert "No running workers for feature feat" in capsys.readouterr().out
