@@ -26,6 +26,7 @@ import collections
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -57,18 +58,57 @@ def estimate_cost(usage: dict[str, Any]) -> float:
     return sum(t * p for t, p in zip(tokens, price)) / 1e6
 
 
-def is_claude(command: str) -> bool:
-    """Whether the agent command runs Claude Code (its first word is ``claude``)."""
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_WRAPPERS = frozenset({"exec", "command", "env", "nice", "nohup", "time"})
+
+
+def _last_command(command: str) -> list[str]:
+    """The words of the command that runs last in ``command`` (after its last ``;``, ``&&``, ``||``, ``&`` or
+    newline), from its program on: leading ``NAME=value`` assignments and wrappers (``exec``, ``env`` and its
+    options, ...) are skipped. Empty when that command is a pipeline, a subshell or ends in a comment (words
+    appended to the line would not reach its program) or the line does not parse."""
+    lexer = shlex.shlex(command.strip().replace("\n", " ; "), posix=True, punctuation_chars=";&|()<>")
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # a comment in the last command is refused below, not skipped
     try:
-        words = shlex.split(command)
+        tokens = list(lexer)
     except ValueError:
-        return False
+        return []
+    last: list[str] = []
+    for token in tokens:
+        if token in (";", "&", "&&", "||", ";;"):
+            last = []
+        else:
+            last.append(token)
+    if any(t in ("|", "|&", "(", ")") or t.startswith("#") for t in last):
+        return []
+    words = list(last)
+    while words:
+        word = words[0]
+        if _ASSIGNMENT.match(word):
+            words.pop(0)
+        elif word in _WRAPPERS:
+            words.pop(0)
+            while word == "env" and words and words[0].startswith("-"):
+                option = words.pop(0)
+                if option in ("-u", "--unset", "-C", "--chdir", "-S", "--split-string") and words:
+                    words.pop(0)
+        else:
+            break
+    return words
+
+
+def is_claude(command: str) -> bool:
+    """Whether the agent command runs Claude Code: its last command's program is ``claude`` (``claude -p``,
+    ``cd app && claude -p``, ``ANTHROPIC_MODEL=x claude -p``, ``/usr/local/bin/claude -p``); the worker then
+    appends Claude Code's own options to the command line, so they reach that program."""
+    words = _last_command(command)
     return bool(words) and os.path.basename(words[0]) == "claude"
 
 
 def claude_command(command: str, model: str | None) -> str:
     """The agent command with what the worker needs from Claude Code: the stream and, when set, the model."""
-    words = shlex.split(command)
+    words = _last_command(command)
     extra = []
     if not any(w == "--output-format" or w.startswith("--output-format=") for w in words):
         extra += ["--output-format", "stream-json", "--verbose"]
@@ -76,7 +116,7 @@ def claude_command(command: str, model: str | None) -> str:
         extra.append("--verbose")
     if model and not any(w == "--model" or w.startswith("--model=") for w in words):
         extra += ["--model", model]
-    return " ".join([command, *map(shlex.quote, extra)])
+    return " ".join([command.rstrip(), *map(shlex.quote, extra)])
 
 
 class AgentRun:
@@ -90,7 +130,13 @@ class AgentRun:
         self.stopped_for: str | None = None
 
     def usage(self) -> dict[str, Any] | None:
-        return self.parser.usage.to_dict() if self.parser is not None else None
+        """What the run used, or None when it used nothing (not Claude Code, or it never reached the API: a
+        task that cost nothing shows no ``0 in, 0 out, $0.00``)."""
+        if self.parser is None:
+            return None
+        usage = self.parser.usage.to_dict()
+        counted = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "cost_usd")
+        return usage if any(usage.get(key) for key in counted) else None
 
     def reason(self) -> str:
         """The agent's own one-line reason for failing (Claude Code's result, else its last line)."""

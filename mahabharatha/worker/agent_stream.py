@@ -25,15 +25,19 @@ What the stream looks like (Claude Code 2.1.x, one JSON object per line):
   "num_turns", "duration_ms", "usage", "modelUsage": {"<model>": {"contextWindow": ...}}}`` last. A failed run
   still says ``"subtype": "success"``: ``is_error`` is what tells (``error_max_turns`` and
   ``error_during_execution`` are the other subtypes).
+- ``{"type": "rate_limit_event", "rate_limit_info": {"status": "allowed", ...}}`` with a subscription (OAuth)
+  login, after a message: logged only when the status is not ``allowed`` (a warning, or rejected).
 
-Lines that are not such JSON objects pass through unchanged, so any other agent command logs as before.
-Nothing here raises on odd input: a line the parser cannot make sense of is printed as it came.
+Lines that are not such JSON objects pass through unchanged (a line that starts like one but does not parse,
+one cut short when the agent was stopped mid-write, is logged as a short note instead). Nothing here raises
+on odd input: a line the parser cannot make sense of is printed as it came.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -173,6 +177,9 @@ class StreamParser:
                 event = json.loads(stripped)
             except ValueError:
                 event = None
+        if event is None and stripped.startswith('{"type":'):
+            # A stream line cut short (the agent was stopped mid-write): say so, not a fragment of JSON.
+            return [f"(a stream line cut short: {len(stripped)} characters)"]
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             if stripped:
                 self._last_text = stripped
@@ -182,6 +189,7 @@ class StreamParser:
             "assistant": self._on_assistant,
             "user": self._on_user,
             "result": self._on_result,
+            "rate_limit_event": self._on_rate_limit,
         }.get(event["type"])
         if handler is None:
             return [] if event["type"] in _QUIET_TYPES else [raw]
@@ -216,6 +224,20 @@ class StreamParser:
         if subtype == "compact_boundary":
             return ["context compacted"]
         return []
+
+    def _on_rate_limit(self, event: dict[str, Any]) -> list[str]:
+        info = event.get("rate_limit_info")
+        info = info if isinstance(info, dict) else {}
+        status = info.get("status")
+        if status == "allowed" or not isinstance(status, str):
+            return []
+        words = [f"rate limit {status}"]
+        if isinstance(info.get("rateLimitType"), str):
+            words.append(f"({info['rateLimitType']})")
+        resets = info.get("resetsAt")
+        if isinstance(resets, (int, float)) and not isinstance(resets, bool) and 0 < resets < 1e11:
+            words.append("resets " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(resets)))
+        return [_one_line(" ".join(words), self.width)]
 
     def _on_assistant(self, event: dict[str, Any]) -> list[str]:
         message = event.get("message")
