@@ -25,12 +25,14 @@ requests with it; ``-1``: every request from then on, e.g. an error the CLI retr
 Requests without ``tools`` (a side request such as a title or a quota probe) get a short text answer and use
 no turn. ``POST /v1/messages/count_tokens`` answers a token count; anything else answers 404 in the API's error
 shape. Every request is appended to the ``--log`` file as one JSON object per line (method, path, model,
-stream, tools, auth scheme, the turn index it used, the first user text) so a test can assert what was called.
+stream, tools, auth scheme and a digest of the credential (never the credential itself), the turn index it
+used, the first user text: its start, its length and its end) so a test can assert what was called.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import threading
@@ -182,17 +184,26 @@ def sse_events(message: dict[str, Any]) -> bytes:
 
 
 def _first_user_text(body: dict[str, Any]) -> str | None:
+    """The whole text of the first user message (None when there is none)."""
     for msg in body.get("messages") or []:
         if not isinstance(msg, dict) or msg.get("role") != "user":
             continue
         content = msg.get("content")
         if isinstance(content, str):
-            return content[:500]
+            return content
         texts = [c.get("text", "") for c in content or [] if isinstance(c, dict) and c.get("type") == "text"]
         # Claude Code puts reminders (<system-reminder>...) in text blocks before the prompt: keep the last one.
         if texts:
-            return texts[-1][:500]
+            return str(texts[-1])
     return None
+
+
+def _prompt_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """What the log keeps of the prompt: its first 500 characters, its length and its last 200."""
+    text = _first_user_text(body)
+    if text is None:
+        return {"prompt": None}
+    return {"prompt": text[:500], "prompt_chars": len(text), "prompt_tail": text[-200:]}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -218,6 +229,14 @@ class Handler(BaseHTTPRequestHandler):
             return "bearer"
         return None
 
+    def _auth_digest(self) -> str | None:
+        """sha256 (12 hex digits) of the credential sent, so a test can tell which one without logging it."""
+        value = self.headers.get("x-api-key") or ""
+        bearer = self.headers.get("Authorization") or ""
+        if not value and bearer.lower().startswith("bearer "):
+            value = bearer[len("bearer "):].strip()
+        return hashlib.sha256(value.encode()).hexdigest()[:12] if value else None
+
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -235,7 +254,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(status, {"type": "error", "error": {"type": kind, "message": message}})
 
     def _record(self, **fields: Any) -> None:
-        entry = {"method": self.command, "path": self.path, "auth": self._auth(), **fields}
+        entry = {"method": self.command, "path": self.path, "auth": self._auth(), "auth_digest": self._auth_digest(), **fields}
         self.server.record(entry)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
@@ -257,7 +276,7 @@ class Handler(BaseHTTPRequestHandler):
             index, turn = self.server.script.next_turn()
         else:
             index, turn = None, {"text": "OK", "usage": {"input_tokens": 50, "output_tokens": 2}}
-        self._record(model=model, stream=stream, tools=tools, turn=index, prompt=_first_user_text(body))
+        self._record(model=model, stream=stream, tools=tools, turn=index, **_prompt_fields(body))
         error = turn.get("error")
         if error is not None:
             spec = error if isinstance(error, dict) else {"status": int(error)}

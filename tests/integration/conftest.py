@@ -8,6 +8,13 @@ Engine and image
   ``mahabharatha-base:trixie`` comes from ``scripts/build_offline_base.sh`` (debootstrap + docker import), the
   image from ``.devcontainer/Dockerfile`` with ``BASE_IMAGE=mahabharatha-base:trixie INSTALL_CLAUDE=0``
   through docker-py. A file lock makes parallel xdist workers build it once.
+- ``claude_image`` (session): the tag ``mahabharatha-worker:claude-test``, the package's Dockerfile with
+  ``INSTALL_CLAUDE=1`` (the real claude CLI) on the offline base, built once per session under a file lock
+  and reused while the Dockerfile is unchanged (a stamp file holds its digest and the image id). Building
+  downloads Claude Code's platform package from the npm registry; behind a TLS-intercepting proxy the host's
+  extra CA certificates (those of its bundle the base image lacks) go in as ``EXTRA_CA_CERT``. When it cannot
+  be built the test is skipped with the reason, or FAILS under ``MAHABHARATHA_REQUIRE_DOCKER=1`` or
+  ``CI=true`` (``require_claude_image``).
 - ``require_docker(reason)``: skip, or fail under ``MAHABHARATHA_REQUIRE_DOCKER=1``.
 - Every test here that uses ``docker_client`` (directly or through another fixture) is marked ``docker``.
 
@@ -28,7 +35,9 @@ Per test
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 import subprocess
 import tempfile
 import uuid
@@ -44,6 +53,7 @@ from mahabharatha.core.model import LABEL_REPO, LaunchPlan
 ROOT = Path(__file__).resolve().parents[2]
 TEST_IMAGE = "mahabharatha-worker:test"
 BASE_IMAGE = "mahabharatha-base:trixie"
+CLAUDE_IMAGE = "mahabharatha-worker:claude-test"
 FEATURE = "feat"
 
 
@@ -101,6 +111,52 @@ def worker_image(docker_client: Any) -> str:
                 buildargs={"BASE_IMAGE": BASE_IMAGE, "INSTALL_CLAUDE": "0"},
             )
     return TEST_IMAGE
+
+
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+HOST_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def require_claude_image(reason: str) -> None:
+    """Skip; fail instead where every end-to-end test must run (CI, or MAHABHARATHA_REQUIRE_DOCKER=1)."""
+    if os.environ.get("MAHABHARATHA_REQUIRE_DOCKER") == "1" or os.environ.get("CI") == "true":
+        pytest.fail(f"the claude image is required here but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _extra_ca(client: Any) -> str:
+    """The host's CA certificates that the base image does not trust (a TLS-intercepting proxy's)."""
+    if not HOST_BUNDLE.is_file():
+        return ""
+    base = client.containers.run(BASE_IMAGE, ["cat", str(HOST_BUNDLE)], remove=True).decode()
+    known = set(_PEM.findall(base))
+    return "\n".join(cert for cert in _PEM.findall(HOST_BUNDLE.read_text()) if cert not in known)
+
+
+@pytest.fixture(scope="session")
+def claude_image(docker_client: Any, worker_image: str) -> str:
+    """Build (or reuse) the claude image; ``worker_image`` first makes sure the offline base exists."""
+    from mahabharatha.edge.images import default_dockerfile, ensure_image, image_exists
+    from mahabharatha.errors import LaunchError
+
+    digest = hashlib.sha256(default_dockerfile().read_bytes()).hexdigest()
+    lock_path = Path(tempfile.gettempdir()) / "mahabharatha-claude-image.lock"
+    stamp = lock_path.with_suffix(".stamp")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker builds, the others wait and reuse
+        if image_exists(docker_client, CLAUDE_IMAGE) and stamp.is_file():
+            if stamp.read_text() == f"{digest} {docker_client.images.get(CLAUDE_IMAGE).id}":
+                return CLAUDE_IMAGE  # built from this very Dockerfile earlier in this session (or a past one)
+        buildargs = {"BASE_IMAGE": BASE_IMAGE, "INSTALL_CLAUDE": "1"}
+        extra = _extra_ca(docker_client)
+        if extra:
+            buildargs["EXTRA_CA_CERT"] = extra
+        try:
+            image_id = ensure_image(docker_client, CLAUDE_IMAGE, buildargs=buildargs, force=True)
+        except LaunchError as exc:
+            require_claude_image(f"building {CLAUDE_IMAGE} failed: {exc}")
+        stamp.write_text(f"{digest} {image_id}")
+    return CLAUDE_IMAGE
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -1,11 +1,8 @@
 """The real claude CLI in the worker image, against the scripted fake API in the same container.
 
-The image ``mahabharatha-worker:claude-test`` is the package's Dockerfile with ``INSTALL_CLAUDE=1`` on the
-offline base, built once per session (under a file lock, so xdist workers share it; the engine's layer cache
-makes a rebuild of an unchanged Dockerfile take a second). Building downloads Claude Code's platform package
-from the npm registry; behind a TLS-intercepting proxy the host's extra CA certificates (those of its bundle
-the base image lacks) go in as ``EXTRA_CA_CERT``. Without a registry the tests skip with the reason, or fail
-under ``MAHABHARATHA_REQUIRE_DOCKER=1`` or ``CI=true``.
+The image ``mahabharatha-worker:claude-test`` comes from the ``claude_image`` fixture of ``conftest.py`` (the
+package's Dockerfile with ``INSTALL_CLAUDE=1`` on the offline base, built once and reused). Without it the
+tests skip with the reason, or fail under ``MAHABHARATHA_REQUIRE_DOCKER=1`` or ``CI=true``.
 
 Each test runs one container with no network: the fake (tests/fakes/fake_anthropic.py) on 127.0.0.1, then
 ``claude -p --output-format stream-json --verbose`` with the prompt on stdin, a read-only root filesystem and
@@ -14,70 +11,19 @@ tmpfs HOME/workspace, like a worker. The stream is read with the worker's own pa
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
-import re
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mahabharatha.edge.images import default_dockerfile, ensure_image, image_exists
-from mahabharatha.errors import LaunchError
 from mahabharatha.worker.agent_stream import StreamParser
-
-from .conftest import BASE_IMAGE
 
 pytestmark = pytest.mark.docker
 
-CLAUDE_IMAGE = "mahabharatha-worker:claude-test"
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 PROMPT = "Create hello.py that prints hello."
-_PEM = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-HOST_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-
-
-def require_claude_image(reason: str) -> None:
-    """Skip; fail instead where every end-to-end test must run (CI, or MAHABHARATHA_REQUIRE_DOCKER=1)."""
-    if os.environ.get("MAHABHARATHA_REQUIRE_DOCKER") == "1" or os.environ.get("CI") == "true":
-        pytest.fail(f"the claude image is required here but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _extra_ca(client: Any) -> str:
-    """The host's CA certificates that the base image does not trust (a TLS-intercepting proxy's)."""
-    if not HOST_BUNDLE.is_file():
-        return ""
-    base = client.containers.run(BASE_IMAGE, ["cat", str(HOST_BUNDLE)], remove=True).decode()
-    known = set(_PEM.findall(base))
-    return "\n".join(cert for cert in _PEM.findall(HOST_BUNDLE.read_text()) if cert not in known)
-
-
-@pytest.fixture(scope="session")
-def claude_image(docker_client: Any, worker_image: str) -> str:
-    """Build (or reuse) the claude image; ``worker_image`` first makes sure the offline base exists."""
-    digest = hashlib.sha256(default_dockerfile().read_bytes()).hexdigest()
-    lock_path = Path(tempfile.gettempdir()) / "mahabharatha-claude-image.lock"
-    stamp = lock_path.with_suffix(".stamp")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker builds, the others wait and reuse
-        if image_exists(docker_client, CLAUDE_IMAGE) and stamp.is_file():
-            if stamp.read_text() == f"{digest} {docker_client.images.get(CLAUDE_IMAGE).id}":
-                return CLAUDE_IMAGE  # built from this very Dockerfile earlier in this session (or a past one)
-        buildargs = {"BASE_IMAGE": BASE_IMAGE, "INSTALL_CLAUDE": "1"}
-        extra = _extra_ca(docker_client)
-        if extra:
-            buildargs["EXTRA_CA_CERT"] = extra
-        try:
-            image_id = ensure_image(docker_client, CLAUDE_IMAGE, buildargs=buildargs, force=True)
-        except LaunchError as exc:
-            require_claude_image(f"building {CLAUDE_IMAGE} failed: {exc}")
-        stamp.write_text(f"{digest} {image_id}")
-    return CLAUDE_IMAGE
 
 
 # What the container runs: the fake in the background, then claude with the prompt on stdin.
