@@ -3,16 +3,21 @@
 Each worker gets a directory of its own holding one socket (mounted read-only into that worker's container
 only), so the socket a connection arrives on names the worker: no worker can speak for another. Every
 frame is bounded (:mod:`mahabharatha.worker.channel`); a peer that breaks the protocol loses its connection,
-nothing else. ``handle(worker_id, message, blob)`` runs on the connection's thread and returns the reply.
+nothing else. A worker holds at most :data:`MAX_CONNECTIONS` connections at once (its agent can reach the
+socket too: a flood of connections must not cost the orchestrator a thread and a descriptor each; further
+ones are closed at once). ``handle(worker_id, message, blob)`` runs on the connection's thread and returns
+the reply.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +25,9 @@ from ..errors import LaunchError
 from ..worker import protocol as P
 from ..worker.channel import ChannelError, _Reader, recv_frame, send_frame, socket_address
 
-__all__ = ["ChannelServer", "Handler"]
+__all__ = ["ChannelServer", "Handler", "MAX_CONNECTIONS"]
+
+MAX_CONNECTIONS = 4  # per worker at once: the worker needs one (a restarted worker's old one may linger)
 
 Handler = Callable[[int, dict[str, Any], "bytes | None"], dict[str, Any]]
 
@@ -32,7 +39,7 @@ class ChannelServer:
         self.sockets = dict(sockets)
         self.handle = handle
         self.listeners: list[socket.socket] = []
-        self.connections: set[socket.socket] = set()
+        self.connections: dict[socket.socket, int] = {}  # connection -> worker id
         self.closed = False
         self._lock = threading.Lock()
 
@@ -63,13 +70,19 @@ class ChannelServer:
         while not self.closed:
             try:
                 conn, _ = listener.accept()
-            except OSError:
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and not self.closed:
+                    time.sleep(0.1)  # out of descriptors for a moment: the worker's next connect must still work
+                    continue
                 return
             with self._lock:
                 if self.closed:
                     conn.close()
                     return
-                self.connections.add(conn)
+                if sum(1 for w in self.connections.values() if w == wid) >= MAX_CONNECTIONS:
+                    conn.close()
+                    continue
+                self.connections[conn] = wid
             threading.Thread(target=self._serve, args=(wid, conn), daemon=True, name=f"mahabharatha-worker-{wid}").start()
 
     def _serve(self, wid: int, conn: socket.socket) -> None:
@@ -93,7 +106,7 @@ class ChannelServer:
             return
         finally:
             with self._lock:
-                self.connections.discard(conn)
+                self.connections.pop(conn, None)
             with contextlib.suppress(OSError):
                 conn.close()
 

@@ -128,7 +128,10 @@ def import_bundle(
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(bundle)
-        listed = git(repo, "bundle", "list-heads", path, check=False)
+        try:
+            listed = git(repo, "bundle", "list-heads", path, check=False)
+        except UnicodeDecodeError:  # git echoes a garbled header's bytes
+            raise ImportRejected("not a git bundle (its header is not text)") from None
         heads = parse_heads(listed)
         early = verdict(
             heads=heads, expected_ref=expected_ref, commit=commit, start=None,

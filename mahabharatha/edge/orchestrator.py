@@ -57,6 +57,10 @@ __all__ = [
 
 _IDENTITY = ("-c", "user.name=mahabharatha orchestrator", "-c", "user.email=orchestrator@mahabharatha.invalid")
 _MAX_CONTEXT_RESTARTS = 10  # per task: an agent that always hits its limit must not loop forever
+# Claims of one task in one run beyond every legitimate retry (context restarts, OOM retries, one spare): a
+# worker (or its agent, which can reach the channel) that keeps giving the task back must not loop forever.
+_MAX_EXTRA_CLAIMS = _MAX_CONTEXT_RESTARTS + 2
+_MAX_PROGRESS_NOTES = 200  # per worker and run: the agent can reach its worker's channel too, and flood it
 _SECONDS_PER_MINUTE = 60.0  # tests shrink it to exercise workers.timeout_minutes quickly
 _WAKE_S = 5.0  # longest wait for an event; the loop wakes earlier when a worker's timeout falls due
 
@@ -244,6 +248,11 @@ class _Run:
         self.claims: dict[int, _Claim] = {}
         self.last_task: dict[int, str] = {}  # worker id -> the task it claimed last (exit 2 names it)
         self.server: ChannelServer | None = None
+        # Workers that may keep leftovers (``park``): once per container start, before its first claim. The
+        # agent can reach its worker's socket too; it must not fill the user's repository with parked refs.
+        self.may_park: set[int] = set()
+        self.progress_notes: dict[int, int] = {}  # worker id -> progress notes written in this run
+        self.claim_counts: dict[str, int] = {}  # task id -> claims in this run
         self.progress_path = os.path.join(plan.repo, ".gsd", "specs", plan.feature, P.PROGRESS_FILE)
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -307,6 +316,8 @@ class _Run:
 
     def _restart(self, wid: int, why: str) -> None:
         self._log(f"worker {wid}: {why}; restarting")
+        with self.changed:
+            self.may_park.add(wid)
         self.launcher.restart(wid)
         self.alive[wid] = self.launcher.current(wid)
         self.started_at[wid] = time.monotonic()
@@ -354,7 +365,11 @@ class _Run:
             self.events.put(("state",))
             return {"ok": True, "released": released}
         if op == "progress":
-            self._note(f"worker {wid}: {str(message.get('line', ''))}")
+            n = self.progress_notes[wid] = self.progress_notes.get(wid, 0) + 1
+            if n <= _MAX_PROGRESS_NOTES:
+                self._note(f"worker {wid}: {str(message.get('line', ''))}")
+            elif n == _MAX_PROGRESS_NOTES + 1:
+                self._note(f"worker {wid}: more than {_MAX_PROGRESS_NOTES} progress notes; further ones are dropped")
             return {"ok": True}
         return {"ok": False, "error": f"unknown request {op!r}"}
 
@@ -379,9 +394,16 @@ class _Run:
                             S.release_worker(d, wid)
                             self.claims.pop(wid, None)
                         task_id = S.claim_next(d, wid)
+                        while task_id is not None and self._claimed_too_often(task_id):
+                            n = self.claim_counts[task_id] - 1
+                            S.finish_task(d, task_id, S.FAILED, error=(
+                                f"given back {n} times in this run without a result (released or checkpointed each "
+                                "time); see the worker's log"))
+                            task_id = S.claim_next(d, wid)
                         attempt = d["tasks"][task_id]["attempts"] if task_id else 0
                         level = d["level"]
                     if task_id is not None:
+                        self.may_park.discard(wid)
                         start = self._start_for(wid)
                         self.claims[wid] = _Claim(task_id, start, level, time.monotonic())
                         self.last_task[wid] = task_id
@@ -404,6 +426,10 @@ class _Run:
             subject = git(self.plan.repo, "log", "-1", "--format=%s", commit, check=False) if commit else ""
             deps.append({"id": dep_id, "title": dep.title, "files": list(dep.files.owned), "subject": subject[:200]})
         return {"dependencies": deps}
+
+    def _claimed_too_often(self, task_id: str) -> bool:
+        n = self.claim_counts[task_id] = self.claim_counts.get(task_id, 0) + 1
+        return n > 1 + _MAX_EXTRA_CLAIMS + self.plan.retry_attempts
 
     def _owns(self, data: dict[str, Any], wid: int, task_id: str) -> bool:
         claim = self.claims.get(wid)
@@ -521,6 +547,8 @@ class _Run:
             return {"ok": False, "error": "park needs kind=interrupted, a commit and its bundle"}
         prefix = P.interrupted_ref_prefix(self.plan.feature, wid)
         with self.changed:
+            if wid not in self.may_park:
+                return {"ok": False, "error": "leftovers are kept once per worker start, before its first task"}
             ref = f"{prefix}{int(time.time())}"
             n = 1
             while git_ok(self.plan.repo, "rev-parse", "--verify", "--quiet", ref):
@@ -533,6 +561,7 @@ class _Run:
                 )
             except ImportRejected as exc:
                 return {"ok": False, "error": str(exc)}
+            self.may_park.discard(wid)
         self._log(f"worker {wid}: kept uncommitted leftovers of an interrupted task at {ref}")
         return {"ok": True, "ref": ref}
 
@@ -676,6 +705,8 @@ class _Run:
                     for spec in plan.workers:
                         self._log(f"Launching Worker {spec.worker_id}: {spec.name} (memory={spec.mem_limit}, cpus={spec.cpus})")
                 self.launcher = self.launcher_factory(plan, self.events, self.out)
+                with self.changed:
+                    self.may_park.update(spec.worker_id for spec in plan.workers)
                 self.launcher.start_all()
                 for spec in plan.workers:
                     self.alive[spec.worker_id] = self.launcher.current(spec.worker_id)
