@@ -214,6 +214,7 @@ def build_plan(
         P.ENV_GIT_WORKTREE_DIR: P.GIT_WORKTREE_DIR,
         P.ENV_GIT_MAIN_DIR: P.GIT_MAIN_DIR,
         P.ENV_CHANNEL: f"{P.CHANNEL_DIR}/{P.CHANNEL_SOCKET}",
+        P.ENV_IN_CONTAINER: "1",
         # The container is the sandbox: Claude Code refuses --dangerously-skip-permissions as uid 0 unless told so.
         "IS_SANDBOX": "1",
         "MAHABHARATHA_SPEC_DIR": spec_dir,

@@ -460,9 +460,7 @@ class _LogCopy(threading.Thread):
         self.ended = False
 
     def _line(self, raw: bytes, out: Any) -> None:
-        text = self._redact(raw.decode("utf-8", "replace"))
-        out.write(text.encode("utf-8"))
-        out.flush()
+        text = out.write(raw)
         line = text.rstrip("\r\n")
         self.tail.append(line)
         if line == self._marker or line.startswith(self._marker + " "):
@@ -471,19 +469,24 @@ class _LogCopy(threading.Thread):
                 self._cond.notify_all()
 
     def run(self) -> None:
-        pending = b""
+        from .logfile import HostLog, LineCutter
+
+        # Bounded: lines are cut at 64 KiB (never through a secret), the host log stops at 256 MiB.
+        cutter = LineCutter(s.value.reveal().encode() for s in self._spec.secret_environment)
         try:
-            with open(self._spec.log_path, "ab") as out:
+            out = HostLog(self._spec.log_path, self._redact)
+            try:
                 try:
                     for chunk in self._container.logs(stream=True, follow=True):
-                        pending += chunk
-                        *lines, pending = pending.split(b"\n")
-                        for raw in lines:
-                            self._line(raw + b"\n", out)
+                        for raw in cutter.feed(chunk):
+                            self._line(raw, out)
                 except Exception:  # noqa: BLE001 - the stream ends with an error when the container is removed
                     pass
-                if pending:
-                    self._line(pending, out)
+                rest = cutter.rest()
+                if rest:
+                    self._line(rest, out)
+            finally:
+                out.close()
         finally:
             with self._cond:
                 self.ended = True

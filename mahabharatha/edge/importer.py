@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
 
@@ -34,6 +35,7 @@ from .git import HARDENING, _run, git, git_ok
 __all__ = ["ImportRejected", "Imported", "verdict", "parse_heads", "import_bundle"]
 
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_INDEX_TIMEOUT_S = 120
 _BUNDLE_SIGNATURES = (b"# v2 git bundle\n", b"# v3 git bundle\n")
 
 
@@ -148,6 +150,7 @@ def import_bundle(
         with contextlib.suppress(OSError):
             os.unlink(path)
     try:
+        _check_sizes(repo, commit)
         got = git(repo, "rev-parse", "--verify", "--quiet", f"{incoming_ref}^{{commit}}", check=False)
         if got != commit:
             raise ImportRejected(f"the bundle's commit {got[:12] or '(none)'} is not the claimed {commit[:12]}")
@@ -167,6 +170,31 @@ def import_bundle(
         git(repo, "update-ref", "-d", incoming_ref, check=False)
 
 
+def _check_sizes(repo: str, commit: str) -> None:
+    """Refuse a result whose new files are too big once inflated (a bundle compresses a 10 GiB sparse file to
+    a few MB): no blob over :data:`protocol.MAX_RESULT_FILE_BYTES`, none of them together over
+    :data:`protocol.MAX_RESULT_BYTES`. Only the objects the result adds are looked at."""
+    new = git(repo, "rev-list", "--objects", "--no-object-names", commit, "--not",
+              "--exclude=refs/mahabharatha/incoming/*", "--all", check=False)
+    if not new:
+        return
+    sizes = git(repo, "cat-file", "--batch-check=%(objecttype) %(objectsize) %(objectname)", input=new + "\n")
+    total = 0
+    for line in sizes.splitlines():
+        kind, _, rest = line.partition(" ")
+        size_text, _, name = rest.partition(" ")
+        if kind != "blob" or not size_text.isdigit():
+            continue
+        size = int(size_text)
+        total += size
+        if size > P.MAX_RESULT_FILE_BYTES:
+            raise ImportRejected(
+                f"it adds a file of {size >> 20} MiB ({name[:12]}), over the limit of {P.MAX_RESULT_FILE_BYTES >> 20} MiB per file"
+            )
+    if total > P.MAX_RESULT_BYTES:
+        raise ImportRejected(f"it adds {total >> 20} MiB of files, over the limit of {P.MAX_RESULT_BYTES >> 20} MiB")
+
+
 def _index_strictly(repo: str, bundle: bytes) -> None:
     """Add the bundle's objects to ``repo`` through ``git index-pack --strict`` (fsck of every object, links
     included), after checking that ``repo`` has the commits the bundle needs. Raises :class:`ImportRejected`."""
@@ -178,7 +206,11 @@ def _index_strictly(repo: str, bundle: bytes) -> None:
             need = line[1:].split(b" ", 1)[0].decode("ascii", "replace")
             if not _SHA.fullmatch(need) or not git_ok(repo, "cat-file", "-e", f"{need}^{{commit}}"):
                 raise ImportRejected(f"git refused the bundle: it needs commit {need[:12]!r}, which the repository does not have")
-    proc = _run(["git", "-C", repo, *HARDENING, "index-pack", "--stdin", "--fix-thin", "--strict"], input=pack)
+    try:
+        proc = _run(["git", "-C", repo, *HARDENING, "index-pack", "--stdin", "--fix-thin", "--strict"], input=pack,
+                    timeout=_INDEX_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ImportRejected(f"git took over {_INDEX_TIMEOUT_S} s to check the bundle's objects") from None
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
         detail = next((line for line in lines if line.startswith("error: ")), lines[-1] if lines else f"exit {proc.returncode}")

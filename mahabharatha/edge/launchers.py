@@ -56,7 +56,7 @@ def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, 
     env = {k: v for k, v in (os.environ if base_env is None else base_env).items() if k not in REPO_LOCATION_VARS}
     planned = spec.env_dict()
     # IS_SANDBOX tells Claude Code a container is its sandbox: on the host there is none.
-    for key in ("HOME", "PYTHONPATH", "IS_SANDBOX", "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"):
+    for key in ("HOME", "PYTHONPATH", "IS_SANDBOX", P.ENV_IN_CONTAINER, "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"):
         planned.pop(key, None)
     env.update(planned)
     # Credentials found in the repo's .env reach host workers the same way they reach containers.
@@ -78,12 +78,22 @@ def worker_env_for_host(plan: LaunchPlan, spec: WorkerSpec, base_env: dict[str, 
     return env
 
 
-def _copy_log(stream: Any, path: str, redact: Callable[[str], str]) -> None:
-    """Append a worker's output to its host log line by line, secrets redacted (like container logs)."""
-    with stream, open(path, "ab") as out:
-        for raw in iter(stream.readline, b""):
-            out.write(redact(raw.decode("utf-8", "replace")).encode("utf-8"))
-            out.flush()
+def _copy_log(stream: Any, path: str, redact: Callable[[str], str], secrets: tuple[bytes, ...] = ()) -> None:
+    """Append a worker's output to its host log line by line, secrets redacted, bounded (like container logs)."""
+    from .logfile import HostLog, LineCutter
+
+    cutter = LineCutter(secrets)
+    out = HostLog(path, redact)
+    with stream:
+        try:
+            for chunk in iter(lambda: stream.read1(1 << 16), b""):
+                for raw in cutter.feed(chunk):
+                    out.write(raw)
+            rest = cutter.rest()
+            if rest:
+                out.write(rest)
+        finally:
+            out.close()
 
 
 def _as_exit_status(returncode: int) -> int:
@@ -117,7 +127,8 @@ class SubprocessLauncher:
         )
         assert proc.stdout is not None
         copier = threading.Thread(
-            target=_copy_log, args=(proc.stdout, spec.log_path, self.redact), daemon=True, name=f"mahabharatha-log-{spec.worker_id}"
+            target=_copy_log, args=(proc.stdout, spec.log_path, self.redact, tuple(s.value.reveal().encode() for s in spec.secret_environment)),
+            daemon=True, name=f"mahabharatha-log-{spec.worker_id}"
         )
         copier.start()
         self.procs[spec.worker_id] = proc

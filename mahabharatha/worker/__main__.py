@@ -181,6 +181,10 @@ class Worker:
         self.context_threshold = float(env.get(P.ENV_CONTEXT_THRESHOLD) or 70)
         self.context_window = int(env.get(P.ENV_CONTEXT_WINDOW) or 200_000)
         self.spec_dir = env.get(P.ENV_SPEC_DIR) or ""
+        # In its own container (never on the host: subprocess mode sets the workspace and drops the flag) the
+        # worker may end every process but itself and init after each task: nothing a task started outlives it.
+        self.in_container = env.get(P.ENV_IN_CONTAINER) == "1" and not env.get(P.ENV_WORKSPACE)
+        self.in_flight = False  # a request is on its way: its answer would be taken for the next one's
         self._killer: threading.Timer | None = None
         self.stopping = False
         self.waiting = False  # blocked on the channel: a stop signal ends the wait at once
@@ -226,7 +230,9 @@ class Worker:
         try:
             if wait:
                 self.check_stop()
+            self.in_flight = True
             reply = self.channel.request(op, blob, **fields)
+            self.in_flight = False
         finally:
             self.waiting = False
         if not reply.get("ok"):
@@ -259,6 +265,7 @@ class Worker:
             return None
         finally:
             self.child = None
+            self.reap_strays()
             sys.stdout.flush()
 
     def prompt(self, task: dict[str, Any], context: dict[str, Any] | None = None, checkpoint: bool = False) -> str:
@@ -352,8 +359,18 @@ class Worker:
                 os.killpg(child.pid, signal.SIGKILL)
             except OSError:
                 pass
+            self.reap_strays()
             sys.stdout.flush()
         return run
+
+    def reap_strays(self) -> None:
+        """In a container: SIGKILL every process but this one and init (a task's `setsid` leftovers included),
+        so nothing the agent started can change the workspace during the next task."""
+        if self.in_container:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except OSError:
+                pass
 
     def _terminate(self, child: subprocess.Popen[bytes]) -> None:
         """Stop the agent at once (SIGTERM to its group, SIGKILL after the grace period)."""
@@ -383,7 +400,11 @@ class Worker:
             return
         else:
             parent = start
-        leftover = repo.snapshot(parent, f"interrupted work of worker {self.worker_id} (uncommitted when it stopped)")
+        try:
+            leftover = repo.snapshot(parent, f"interrupted work of worker {self.worker_id} (uncommitted when it stopped)")
+        except gitsetup.TooBig as exc:
+            say(f"[worker {self.worker_id}] leftovers of an interrupted task not kept: {exc}")
+            return
         if leftover is None and parent != start and not repo.git(
             "merge-base", "--is-ancestor", parent, start, check=False
         ).returncode == 0:
@@ -481,15 +502,24 @@ class Worker:
                 pass
         title = task.get("title") or task_id
         extra = {"usage": usage} if usage else {}
+        commit: str | None = None
+        if not error:
+            try:
+                commit = repo.snapshot(start, f"{task_id}: {title}\n\nmahabharatha worker {self.worker_id}, feature {self.feature}")
+            except gitsetup.TooBig as exc:
+                error = str(exc)
         if error:
-            parked = repo.snapshot(start, f"{task_id} (failed): {title}")
+            try:
+                parked = repo.snapshot(start, f"{task_id} (failed): {title}")
+            except gitsetup.TooBig:
+                parked = None
+                error += " (its work was not kept: a file is too big)"
             blob = repo.bundle(P.PARK_REF, parked, start) if parked else None
             reply = self.ask("finish", blob, task=task_id, status="failed", error=error, commit=parked or "", **extra)
             repo.checkout(start)
             shown = reply.get("error") or error
             say(f"[worker {self.worker_id}] task {task_id} FAILED: {shown}")
             return None
-        commit = repo.snapshot(start, f"{task_id}: {title}\n\nmahabharatha worker {self.worker_id}, feature {self.feature}")
         blob = repo.bundle(repo.ref, commit, start) if commit else None
         reply = self.ask("finish", blob, task=task_id, status="done", commit=commit or "", **extra)
         if reply.get("status") == "done":
@@ -509,7 +539,11 @@ class Worker:
             f"(workers.context_threshold_percent={self.context_threshold:g})"
             if run.stopped_for == "context" and run.parser is not None else "the agent reported its context limit (exit 2)"
         )
-        kept = self.repo.snapshot(start, f"{task_id} (checkpoint): work so far")
+        try:
+            kept = self.repo.snapshot(start, f"{task_id} (checkpoint): work so far")
+        except gitsetup.TooBig as exc:
+            say(f"[worker {self.worker_id}] {task_id}: no checkpoint: {exc}")
+            kept = None
         fields: dict[str, Any] = {"task": task_id, "commit": kept or "", "reason": why}
         if usage:
             fields["usage"] = usage
@@ -588,6 +622,10 @@ def main() -> int:
         return worker.run()
     except Stop:
         try:
+            if worker.channel is not None and worker.in_flight:
+                # The interrupted request's answer is still to come on this connection: release on a new one.
+                worker.channel.close()
+                worker.channel = Channel(worker.channel_path, timeout=10)
             if worker.channel is not None:
                 released = worker.channel.request("release").get("released") or []
                 if released:

@@ -16,10 +16,13 @@ Standard library only.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import tempfile
 
-__all__ = ["GitSetupError", "Repo"]
+from . import protocol as P
+
+__all__ = ["GitSetupError", "TooBig", "Repo"]
 
 _HARDENING = (
     "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false",
@@ -29,6 +32,10 @@ EXCLUDES = "/.git-worktree/\n/.mahabharatha/\n"
 
 class GitSetupError(Exception):
     """Git in the worker cannot do what the loop needs (one line, git's own reason)."""
+
+
+class TooBig(GitSetupError):
+    """A file of the work tree is too big to be part of a task's result."""
 
 
 class Repo:
@@ -86,9 +93,33 @@ class Repo:
         return self.git("cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode == 0
 
     # -- states of the work tree --------------------------------------------------------------------------
+    def oversized(self) -> list[tuple[str, int]]:
+        """Changed or new files (not ignored) over the limit of a file in a task's result, by size alone."""
+        out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames").stdout
+        big = []
+        for record in out.split("\0"):
+            path = record[3:]
+            if len(record) < 4:
+                continue
+            try:
+                st = os.lstat(os.path.join(self.workspace, path))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size > P.MAX_RESULT_FILE_BYTES:
+                big.append((path, st.st_size))
+        return big
+
     def snapshot(self, parent: str, message: str) -> str | None:
         """A commit of the whole work tree (untracked files included, ignored ones not) on top of ``parent``,
-        or None when the tree equals ``parent``'s. Nothing is checked out or moved."""
+        or None when the tree equals ``parent``'s. Nothing is checked out or moved. Raises :class:`TooBig`
+        (before hashing anything) when a file is over the limit of a task's result."""
+        big = self.oversized()
+        if big:
+            path, size = big[0]
+            raise TooBig(
+                f"{path} is {size >> 20} MiB, over the limit of {P.MAX_RESULT_FILE_BYTES >> 20} MiB for a file of a "
+                "task's result (keep it out of the workspace or list it in .gitignore)"
+            )
         self.git("add", "-A")
         tree = self.git("write-tree").stdout.strip()
         if tree == self.git("rev-parse", f"{parent}^{{tree}}").stdout.strip():

@@ -79,6 +79,8 @@ ENV_AGENT_COMMAND = "MAHABHARATHA_AGENT_COMMAND"
 # A copy of the user's Claude login for the container's own home (a secret; see core.auth). The worker
 # writes it into $HOME and takes it out of the agent's environment.
 ENV_CLAUDE_SEED = "MAHABHARATHA_CLAUDE_SEED"
+# "1" in a container the plan started (never on the host): the worker may end stray processes there.
+ENV_IN_CONTAINER = "MAHABHARATHA_IN_CONTAINER"
 # Agent settings (from workers.*), read by the worker.
 ENV_MODEL = "MAHABHARATHA_MODEL"
 ENV_MAX_COST_PER_TASK = "MAHABHARATHA_MAX_COST_USD_PER_TASK"
@@ -110,6 +112,8 @@ PARK_REF = "refs/mahabharatha/park"
 MAX_MESSAGE_BYTES = 1 << 20  # one JSON message
 MAX_BUNDLE_BYTES = 256 << 20  # one bundle (a task's commits)
 MAX_PROGRESS_CHARS = 500
+MAX_RESULT_FILE_BYTES = 100 << 20  # one file of a task's result, as git stores it (inflated)
+MAX_RESULT_BYTES = 1 << 30  # all files a task's result adds
 CHANNEL_OPS = frozenset({"hello", "claim", "finish", "park", "checkpoint", "release", "progress"})
 
 

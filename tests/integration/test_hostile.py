@@ -801,10 +801,6 @@ def _wait_for_logs(repo: Path, limit: float = 60) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edge/executor.py _LogCopy.run keeps `pending += chunk` until a newline: a line without one (written by the agent "
-    "straight to the container's stdout) is held whole in the orchestrator's memory and re-copied on every chunk "
-    "(quadratic: 8 MiB took 5 s, 16 MiB 27 s, 32 MiB 92 s of host CPU holding the GIL); lines must be cut at a bound"))
 def test_a_line_without_newline_is_cut_on_the_host(host: Host, make_plan: Any, docker_client: Any) -> None:
     repo = host.repo
     graph = write_graph(repo, [
@@ -818,12 +814,6 @@ def test_a_line_without_newline_is_cut_on_the_host(host: Host, make_plan: Any, d
     assert longest <= 1 << 20, f"a host log line of {longest} bytes"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the worker snapshots the whole workspace (worker/gitsetup.py Repo.snapshot: `git add -A`) with no size check: "
-    "a 10 GiB sparse file costs ~95 s of hashing and compressing per attempt (a stop does not interrupt it, and a "
-    "restarted worker repeats it when parking the leftovers), then the host fetches and fsck-inflates the 10 GiB blob "
-    "under the run's lock (edge/importer.py bounds the bundle's compressed size only) and merges it; files over a "
-    "bound should fail the task before `git add`"))
 def test_a_10_gib_sparse_file_in_the_workspace_fails_its_task_quickly(host: Host, make_plan: Any, docker_client: Any) -> None:
     repo = host.repo
     graph = write_graph(repo, [
@@ -840,11 +830,6 @@ def test_a_10_gib_sparse_file_in_the_workspace_fails_its_task_quickly(host: Host
     host.assert_repo_untouched()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a hostile task's agent can leave a process behind (setsid escapes the agent's process group, which is all "
-    "worker/__main__.py run_agent kills) that keeps writing in the workspace while the same worker runs its next, "
-    "honest task: that task's snapshot takes the writes in and they are merged as its work; in a container the "
-    "worker could kill every other process (kill(-1, SIGKILL) spares only itself and init) after each agent"))
 def test_a_process_left_behind_by_a_hostile_task_cannot_change_the_next_task(host: Host, make_plan: Any, docker_client: Any) -> None:
     repo = host.repo
     graph = write_graph(repo, [

@@ -69,7 +69,7 @@ def test_worker_spec_matches_the_tables():
         "MAHABHARATHA_CHANNEL": "/opt/mahabharatha/channel/worker.sock",
         "IS_SANDBOX": "1",
         "MAHABHARATHA_SPEC_DIR": "/repo/.gsd/specs/user-auth",
-        "MAHABHARATHA_AGENT_COMMAND": "claude -p --dangerously-skip-permissions",
+        "MAHABHARATHA_AGENT_COMMAND": "claude -p --dangerously-skip-permissions", "MAHABHARATHA_IN_CONTAINER": "1",
         "MAHABHARATHA_CONTEXT_THRESHOLD_PERCENT": "70", "MAHABHARATHA_CONTEXT_WINDOW_TOKENS": "200000",
         "GIT_AUTHOR_NAME": "mahabharatha worker 1",
         "GIT_COMMITTER_NAME": "mahabharatha worker 1",

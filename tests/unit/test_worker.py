@@ -135,13 +135,6 @@ def test_repeated_stop_signals_still_exit_130(harness) -> None:
     assert h.task("A")["status"] == S.PENDING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the stop interrupts the long-poll claim mid-request; the release then goes out on the same "
-    "connection, whose server thread is still inside the claim, so the worker waits for the claim's answer "
-    "(forever here; until the run ends in a real run, and then takes the claim's reply for the release's; "
-    "the same happens when the stop lands while a granted claim's answer is on its way)",
-)
 def test_a_stop_signal_ends_an_idle_workers_wait_with_130(harness) -> None:
     # An idle worker waits in its claim on the channel (no polling): the signal must end the wait at once.
     h = harness([_task("A")])
