@@ -359,6 +359,16 @@ class _Run:
         if data:
             self._load(data)
 
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[dict[str, Any]]:
+        """A whole-document transaction under the run's lock (O(tasks): for tests and rare paths); the memory
+        reloads afterwards and waiting claims wake."""
+        with self.changed:
+            with self.store.transaction() as data:
+                yield data
+            self._reload()
+            self.changed.notify_all()
+
     def _sync(self) -> None:
         """Notice writes by other processes (``mahabharatha stop``, ``retry``): reload when the seq moved."""
         run = self.store.read_run() or {}
@@ -502,6 +512,10 @@ class _Run:
     def handle(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
         """Answer one request of worker ``wid`` (called on its connection's thread)."""
         op = message["op"]
+        if not self.run_doc:  # served before run() loaded the state (the unit tests' harness)
+            with self.lock:
+                if not self.run_doc:
+                    self._reload()
         if op == "hello":
             spec = self.plan.workers[wid]
             start = _worktrees.ensure_worker_branch(self.plan.repo, spec.worktree.branch, self.plan.base_branch)

@@ -448,6 +448,8 @@ class StateStore:
     def read_run(self) -> dict[str, Any] | None:
         """The run's fields (no tasks), or None when there is no state."""
         with self._mutex:
+            if self._conn is None:
+                self._migrate()
             conn = self._db()
             if conn is None:
                 return None
