@@ -565,15 +565,10 @@ class _Run:
                 if status in S.FINAL or self.stopping:
                     return {"ok": True, "final": status if status in S.FINAL else "stopped"}
                 if status == S.RUNNING:
-                    if wid in self.claims:  # a worker holds one task at a time
-                        self._release(wid)
-                        self.claims.pop(wid, None)
                     level = self.run_doc["level"]
-                    task_id = self._pop_pending(level)
+                    task_id = self._take(wid)
                     if task_id is not None:
                         t = self.tasks[task_id]
-                        self._set(task_id, status=S.CLAIMED, worker=wid, error="", attempts=t.get("attempts", 0) + 1)
-                        self._save()
                         attempt = t["attempts"]
                         start = self._start_for(wid)
                         self.claims[wid] = _Claim(task_id, start, level, time.monotonic())
@@ -589,6 +584,20 @@ class _Run:
                     elif self._open(level) == 0:
                         self.events.put(("state",))  # the level is settled: the loop merges it
                 self.changed.wait(timeout=_WAKE_S)
+
+    def _take(self, wid: int) -> str | None:
+        """The state part of a claim (under the lock): give back what ``wid`` held, take the first pending task
+        of the current level (by id), persist that one row. None when the level has nothing pending."""
+        if wid in self.claims or self.held.get(wid):  # a worker holds one task at a time
+            self._release(wid)
+            self.claims.pop(wid, None)
+        task_id = self._pop_pending(self.run_doc["level"])
+        if task_id is not None:
+            t = self.tasks[task_id]
+            self._set(task_id, status=S.CLAIMED, worker=wid, error="", attempts=t.get("attempts", 0) + 1)
+        if self.dirty:
+            self._save()
+        return task_id
 
     def _context(self, task_id: str) -> dict[str, Any]:
         """What a task's prompt names beside the task: its dependencies, their files and commit subjects."""
@@ -1102,7 +1111,7 @@ def execute(
     ``KeyboardInterrupt`` (Ctrl-C, or a signal the caller turns into one) stops the workers, removes the
     containers, leaves the state resumable and returns a ``stopped`` result. ``client`` is a
     ``docker.DockerClient`` (default: from the environment). Raises :class:`~mahabharatha.errors.GraphError`
-    when the plan has no task graph, and the other :class:`~mahabharatha.errors.MahabharathaError`\ s for
+    when the plan has no task graph, and the other :class:`~mahabharatha.errors.MahabharathaError` subclasses for
     anything the user can fix (one line each).
     """
     return orchestrate(plan, None, out=out if out is not None else (lambda _line: None), client=client,
