@@ -95,7 +95,7 @@ def decide(f: ExitFacts) -> Decision:
         n = f.context_restarts + 1
         if n <= f.max_context_restarts:
             return Decision(
-                changes=back, count="context", restart=f"{task or 'its task'}: context limit reached (exit 2)"
+                changes=back, count="context", restart=f"context limit reached on {task or 'its task'} (exit 2)"
             )
         why = (
             f"context limit reached on {n} attempts in a row: the task is too big for one context; split it in "

@@ -512,15 +512,15 @@ class _Run:
     def handle(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
         """Answer one request of worker ``wid`` (called on its connection's thread)."""
         op = message["op"]
-        if not self.run_doc:  # served before run() loaded the state (the unit tests' harness)
+        if not self.run_doc and op != "hello":  # served before run() loaded the state (the unit tests' harness)
             with self.lock:
                 if not self.run_doc:
                     self._reload()
         if op == "hello":
             spec = self.plan.workers[wid]
             start = _worktrees.ensure_worker_branch(self.plan.repo, spec.worktree.branch, self.plan.base_branch)
-            with self.lock:
-                self.tips[wid] = start
+            # Not under the run's lock: a restart waits (holding it) for this very worker to announce itself.
+            self.tips[wid] = start
             return {"ok": True, "start": start, "feature": self.plan.feature, "branch": spec.worktree.branch}
         if op == "claim":
             return self._claim(wid)

@@ -25,7 +25,7 @@ def test_error_fails_the_held_task_and_restarts_while_work_remains() -> None:
 def test_context_limit_gives_the_task_back_and_restarts() -> None:
     d = decide(facts(code=2, meaning="context limit"))
     assert d.changes == (TaskChange("T1", "pending"),) and d.count == "context"
-    assert d.restart == "T1: context limit reached (exit 2)"
+    assert d.restart == "context limit reached on T1 (exit 2)"
 
 
 def test_a_task_that_always_hits_the_context_limit_fails_naming_the_fix() -> None:
