@@ -1,8 +1,11 @@
 """mahabharatha: parallel coding-agent workers in Docker containers, one git worktree each.
 
-The Python API mirrors the CLI: :func:`plan` computes an immutable :class:`LaunchPlan` (pure, no Docker),
-:func:`execute` applies it to a Docker engine, :func:`orchestrate` drives a task graph's levels through it. Heavy modules are imported lazily so that planning stays
-fast and needs no Docker SDK import.
+The Python API is the CLI's two steps: :func:`plan` computes an immutable :class:`LaunchPlan` (reads the
+config and the task graph, validates both; no Docker), :func:`execute` runs the feature it describes (run
+lock, preflight, workers, levels, merges, exit policy, cleanup) and returns a :class:`RunResult`, reporting
+typed events (:mod:`mahabharatha.events`) on the way. :class:`Run` is the same as a context manager and an
+iterator of events. :func:`start_fleet` only starts the workers, without an orchestrator. Heavy modules are
+imported lazily so that planning stays fast and needs no Docker SDK import.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ __version__ = "0.1.0"
 __all__ = [
     "plan",
     "execute",
+    "Run",
+    "RunResult",
+    "start_fleet",
     "orchestrate",
     "load_graph",
     "LaunchPlan",
@@ -27,7 +33,10 @@ __all__ = [
 
 _LAZY = {
     "plan": "mahabharatha.planning",
-    "execute": "mahabharatha.edge.executor",
+    "execute": "mahabharatha.edge.orchestrator",
+    "Run": "mahabharatha.edge.orchestrator",
+    "RunResult": "mahabharatha.edge.orchestrator",
+    "start_fleet": "mahabharatha.edge.executor",
     "orchestrate": "mahabharatha.edge.orchestrator",
     "load_graph": "mahabharatha.core.graph",
     "LaunchPlan": "mahabharatha.core.model",
@@ -42,8 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.model import LaunchPlan, WorkerSpec
     from .core.secret import Secret
     from .core.graph import load_graph
-    from .edge.executor import execute
-    from .edge.orchestrator import orchestrate
+    from .edge.executor import start_fleet
+    from .edge.orchestrator import Run, RunResult, execute, orchestrate
     from .errors import ConfigError, LaunchError, MahabharathaError
     from .planning import plan
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from .core.auth import discover_auth
 from .core.config import CONFIG_RELPATH, load_config, validate_feature
+from .core.graph import TaskGraph
 from .core.model import LaunchPlan
 from .core.plan import build_plan
 from .errors import ConfigError
@@ -33,6 +34,7 @@ def plan(
     environ: Mapping[str, str] | None = None,
     home: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    graph: TaskGraph | None = None,
 ) -> LaunchPlan:
     """Compute the :class:`LaunchPlan` for ``repo`` (any directory inside the repository).
 
@@ -40,8 +42,13 @@ def plan(
     ``workers.max_concurrent`` (and is capped by it); ``mode`` (``"container"``/``"subprocess"``) overrides
     ``workers.launcher_type``; ``environ`` and ``home`` default to the real ones. ``overrides`` sets other
     config fields by path with command-line precedence (e.g. ``{"resources.container_image": "img:tag"}``,
-    used by the demo and tests). Raises
-    :class:`~mahabharatha.errors.ConfigError` for anything the user can fix.
+    used by the demo and tests).
+
+    The feature's task graph (``.gsd/specs/<feature>/task-graph.json``) is read and validated here and
+    carried by the plan (``plan.graph``), so the plan says everything a run will do; pass ``graph`` to use
+    one built in code instead. A repository without a graph file yet gives a plan without one (``graph`` is
+    None: it can be rendered, not executed). Raises :class:`~mahabharatha.errors.ConfigError` or
+    :class:`~mahabharatha.errors.GraphError` for anything the user can fix.
     """
     env = os.environ if environ is None else environ
     root = find_repo_root(repo)
@@ -69,7 +76,10 @@ def plan(
         claude_credentials=_read_home_file(home_dir / ".claude" / ".credentials.json", 1 << 20),
         claude_json_text=_read_home_file(home_dir / ".claude.json", 16 << 20),
     )
+    if graph is None:
+        graph = _read_graph_if_any(root, feature)
     return build_plan(
+        graph=graph,
         repo=str(root),
         feature=feature,
         config=config,
@@ -81,6 +91,17 @@ def plan(
         requested_workers=workers,
         config_path=str(config_path),
     )
+
+
+def _read_graph_if_any(root: Path, feature: str) -> TaskGraph | None:
+    """The feature's validated task graph, or None when there is no graph file (anything else wrong with it,
+    a FIFO, a device, too big, invalid, is a GraphError)."""
+    from .core.graph import graph_path
+    from .edge.graphfile import read_task_graph
+
+    if not os.path.lexists(graph_path(str(root), feature)):
+        return None
+    return read_task_graph(str(root), feature)
 
 
 def find_repo_root(start: str | os.PathLike[str] = ".") -> Path:

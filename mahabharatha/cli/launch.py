@@ -1,7 +1,7 @@
 """``mahabharatha kurukshetra`` (plan, launch, orchestrate) and ``mahabharatha demo``.
 
-The ``--dry-run`` branch lives in :mod:`.dryrun`. A real run validates the task graph before anything
-starts, then hands the plan to :func:`mahabharatha.edge.orchestrator.orchestrate` and ends with a summary.
+The ``--dry-run`` branch lives in :mod:`.dryrun`. A real run is :func:`mahabharatha.plan` (which reads and
+validates the task graph before anything starts) then :func:`mahabharatha.execute`, and ends with a summary.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
         from .dryrun import run_dry_run
 
         return run_dry_run(args)
-    from ..edge.orchestrator import orchestrate
+    from ..edge.orchestrator import execute
     from ..planning import plan
 
     launch_plan = plan(
@@ -145,7 +145,8 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
         workers=getattr(args, "workers", None),
         mode=getattr(args, "mode", None),
     )
-    graph = read_graph(launch_plan.repo, launch_plan.feature)  # before anything starts
+    if launch_plan.graph is None:  # before anything starts
+        read_graph(launch_plan.repo, launch_plan.feature)  # raises the one-line "no task graph" error
     for notice in launch_plan.notices:
         _say(f"note: {notice}")
     uncommitted = _uncommitted_note(launch_plan.repo, launch_plan.base_branch)
@@ -153,7 +154,7 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
         _say(f"note: {uncommitted}")
     for note in _dirty_worktree_notes(launch_plan):
         _say(f"note: {note}")
-    result = orchestrate(launch_plan, graph, out=_say, keep_failed=getattr(args, "keep_failed", False))
+    result = execute(launch_plan, out=_say, keep_failed=getattr(args, "keep_failed", False))
     _say_plain(format_summary(result, repo=launch_plan.repo))
     return result.exit_code
 
@@ -195,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import DEMO_FEATURE, create_demo_repo, graph_text
     from ..edge.executor import make_client
     from ..edge.git import git
-    from ..edge.orchestrator import orchestrate
+    from ..edge.orchestrator import execute
     from ..errors import ConfigError
     from ..planning import plan
 
@@ -225,8 +226,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     empty_home = Path(tempfile.mkdtemp(prefix="mahabharatha-demo-home-"))
     # No credentials and no ~/.claude: the scripted agent needs none, and none should reach the containers.
     launch_plan = plan(str(repo), feature=DEMO_FEATURE, workers=workers, mode="container", environ={}, home=empty_home)
-    graph = read_graph(launch_plan.repo, launch_plan.feature)
-    result = orchestrate(launch_plan, graph, out=_say, client=client)
+    result = execute(launch_plan, out=_say, client=client)
     print(format_summary(result, repo=str(repo)), flush=True)
     base = launch_plan.base_branch
     print(f"\n$ git log --oneline --graph {base}", flush=True)

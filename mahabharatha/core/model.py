@@ -14,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+from .graph import TaskGraph
 from .secret import Secret
 
 __all__ = [
@@ -181,3 +182,6 @@ class LaunchPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_minutes: int = 60
     agent_command: str = ""
     max_cost_usd: float | None = None  # workers.max_cost_usd: the run stops when its agents' cost reaches it
+    # The feature's task graph, validated: what the run will do (None when the repository has none yet:
+    # such a plan can be rendered and its fleet started, but not executed).
+    graph: TaskGraph | None = None

@@ -20,9 +20,10 @@ import posixpath
 
 import msgspec
 
-from ..errors import ConfigError
+from ..errors import ConfigError, GraphError
 from ..worker import protocol as P
 from .config import Config, validate_feature
+from .graph import TaskGraph
 from .memory import MEMORY_FORMS, MemoryLimitError, parse_memory
 from .model import (
     LABEL_FEATURE,
@@ -151,8 +152,12 @@ def build_plan(
     requested_workers: int | None = None,
     config_path: str = "",
     notices: tuple[str, ...] = (),
+    graph: TaskGraph | None = None,
 ) -> LaunchPlan:
     """Compute the whole launch from already-gathered inputs. Pure and deterministic.
+
+    ``graph`` is the feature's validated task graph (carried by the plan, part of its id); it must be for
+    ``feature``.
 
     ``repo`` and ``worker_runtime_dir`` must be absolute, resolved paths. ``requested_workers`` defaults to
     ``workers.max_concurrent`` and is capped by it (with a notice). Raises ConfigError for bad inputs.
@@ -163,6 +168,11 @@ def build_plan(
     if repo == "/":
         raise ConfigError("the repository root cannot be / (worktrees are created next to the repository)")
     validate_feature(feature, "feature")
+    if graph is not None and graph.feature != feature:
+        raise GraphError(
+            f"the task graph is for feature {graph.feature!r}, the plan for {feature!r}",
+            hint="fix `feature` in the task graph or pass --feature",
+        )
     w, r, s = config.workers, config.resources, config.security
     if requested_workers is None:
         requested_workers = w.max_concurrent
@@ -330,6 +340,7 @@ def build_plan(
         timeout_minutes=w.timeout_minutes,
         agent_command=w.agent_command,
         max_cost_usd=w.max_cost_usd,
+        graph=graph,
     )
     plan_id = hashlib.sha256(plan_json(draft)).hexdigest()[:PLAN_ID_LENGTH]
     label_plan = Label(key=LABEL_PLAN, value=plan_id)

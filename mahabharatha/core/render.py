@@ -35,6 +35,11 @@ def render_text(plan: LaunchPlan) -> str:
     lines.append(f"Base branch: {plan.base_branch}; state: {plan.state_dir}; logs: {plan.log_dir}")
     lines.append(f"Auth: {_auth_line(plan)}")
     lines.append(f"Retries after OOM: {plan.retry_attempts}; task attempt timeout: {plan.timeout_minutes} min")
+    if plan.graph is not None:
+        g = plan.graph
+        lines.append(f"Task graph: {len(g.tasks)} tasks in {len(g.levels)} levels (validated)")
+    else:
+        lines.append(f"Task graph: none yet at .gsd/specs/{plan.feature}/task-graph.json (a run needs one)")
     if plan.workers:
         first = plan.workers[0]
         security = [f"user {first.user}"]

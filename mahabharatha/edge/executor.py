@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -43,6 +43,9 @@ from ..worker.protocol import exit_meaning, ready_line
 from . import worktrees as _worktrees
 from .images import BUILD_COMMAND
 
+if TYPE_CHECKING:  # pragma: no cover
+    from docker import DockerClient
+
 __all__ = [
     "WorkerHandle",
     "Launch",
@@ -53,7 +56,9 @@ __all__ = [
     "make_client",
     "redactor",
     "preflight",
-    "execute",
+    "start_fleet",
+    "launch_fleet",
+    "run_lock",
     "start_worker",
     "feature_containers",
     "worker_exit",
@@ -94,6 +99,7 @@ class WorkerExit(msgspec.Struct, frozen=True):
     meaning: str  # see mahabharatha.worker.protocol.EXIT_MEANINGS
     oom_killed: bool
     name: str = ""
+    removing: bool = False  # the engine is removing it (``docker rm -f``): a lost worker, not a failure
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -222,7 +228,7 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return (requests.exceptions.ConnectionError, docker.errors.DockerException, ConnectionError, FileNotFoundError)
 
 
-def make_client(workers: int = 1, *, timeout: int = 120, action: str = "Failed to start container") -> Any:
+def make_client(workers: int = 1, *, timeout: int = 120, action: str = "Failed to start container") -> DockerClient:
     """A ``docker.DockerClient`` from the environment, its connection pool sized for ``workers``.
 
     ``action`` starts the message when the engine cannot be reached (what the user's command could not do).
@@ -652,7 +658,7 @@ def _container_plan(plan: LaunchPlan) -> None:
         raise LaunchError("The plan has no workers to start")
 
 
-def preflight(plan: LaunchPlan, *, client: Any = None) -> Any:
+def preflight(plan: LaunchPlan, *, client: DockerClient | None = None) -> DockerClient:
     """Check, without changing anything, that ``plan`` can start: the engine answers, every image is on it
     (never pulled) and no planned name belongs to someone else. Returns the client (made from the
     environment when ``client`` is None). The orchestrator calls this before it creates the base branch or
@@ -677,8 +683,9 @@ def _launch(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec], keep_fai
     return _Fleet(client, plan, specs, stale).run(_prepare_host(plan, specs), keep_failed=keep_failed)
 
 
-def execute(plan: LaunchPlan, *, client: Any = None, keep_failed: bool = False) -> Launch:
-    """Start every planned worker and return when all of them announced themselves.
+def launch_fleet(plan: LaunchPlan, *, client: DockerClient | None = None, keep_failed: bool = False) -> Launch:
+    """Start every planned worker and return when all of them announced themselves (no run lock: for the
+    orchestrator, which holds it; everyone else calls :func:`start_fleet`).
 
     ``client`` is a ``docker.DockerClient`` (default: :func:`make_client`, from the environment, so
     ``DOCKER_HOST`` works). Raises :class:`LaunchError` ("Failed to start container", "Container failed to
@@ -691,7 +698,46 @@ def execute(plan: LaunchPlan, *, client: Any = None, keep_failed: bool = False) 
     return Launch(plan.plan_id, plan.repo, plan.feature, handles)
 
 
-def start_worker(client: Any, plan: LaunchPlan, spec: WorkerSpec, *, keep_failed: bool = False) -> WorkerHandle:
+@contextlib.contextmanager
+def run_lock(plan: LaunchPlan) -> Iterator[None]:
+    """Hold the feature's run lock (the one a running ``kurukshetra`` holds), or raise :class:`LaunchError`."""
+    import fcntl
+
+    from ..worker.state import StateStore
+
+    store = StateStore(plan.state_dir, plan.feature)
+    os.makedirs(store.dir, exist_ok=True)
+    fd = os.open(store.run_lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LaunchError(
+                f"a run of feature {plan.feature} is in progress in {plan.repo}; not replacing its containers",
+                hint=f"wait for it, or stop it first with `mahabharatha stop --feature {plan.feature}`",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def start_fleet(plan: LaunchPlan, *, client: DockerClient | None = None, keep_failed: bool = False) -> Launch:
+    """Start the plan's workers WITHOUT an orchestrator (nothing hands them tasks, merges or restarts them):
+    for debugging a fleet by hand, benchmarks and tests. :func:`mahabharatha.execute` runs the feature.
+
+    Refuses (before any effect) while a run of the feature is in progress: it takes the feature's run lock
+    for the launch, so it never replaces a live run's containers. Same checks, errors and cleanup as
+    :func:`launch_fleet`.
+    """
+    _container_plan(plan)
+    with run_lock(plan):
+        return launch_fleet(plan, client=client, keep_failed=keep_failed)
+
+
+execute = start_fleet  # the old name of start_fleet (before mahabharatha.execute ran the whole feature)
+
+
+def start_worker(client: DockerClient, plan: LaunchPlan, spec: WorkerSpec, *, keep_failed: bool = False) -> WorkerHandle:
     """(Re)start one planned worker, e.g. after it exited for its context limit.
 
     Same checks and guarantees as :func:`execute`, for one worker: its stale container is replaced, a
@@ -711,6 +757,7 @@ def _exit_from(attrs: dict[str, Any], name: str = "") -> WorkerExit:
         meaning=exit_meaning(code),
         oom_killed=bool(state.get("OOMKilled")),
         name=name or str(attrs.get("Name", "")).lstrip("/"),
+        removing=state.get("Status") in ("removing", "dead") or bool(state.get("Dead")),
     )
 
 

@@ -31,6 +31,8 @@ from .git import REPO_LOCATION_VARS
 
 __all__ = ["ContainerLauncher", "SubprocessLauncher", "worker_env_for_host"]
 
+_NAME_FREE_S = 60.0  # how long a restart waits for a removed container's name to be free
+
 
 def _runtime_pythonpath(repo: str) -> str:
     """A directory where ``mahabharatha_worker`` is this package's worker runtime (a symlink), so the host runs
@@ -172,13 +174,13 @@ class SubprocessLauncher:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    def poll_exits(self, alive: dict[int, Any]) -> list[tuple[int, int | None, bool]]:
-        """Workers in ``alive`` (id -> pid) whose process has ended: (id, code, oom)."""
+    def poll_exits(self, alive: dict[int, Any]) -> list[tuple[int, int | None, bool, bool]]:
+        """Workers in ``alive`` (id -> pid) whose process has ended: (id, code, oom, lost)."""
         out = []
         for wid, pid in alive.items():
             proc = self.procs.get(wid)
             if proc is not None and proc.pid == pid and proc.poll() is not None:
-                out.append((wid, _as_exit_status(proc.returncode), False))
+                out.append((wid, _as_exit_status(proc.returncode), False, False))
         return out
 
     def close(self, *, success: bool) -> None:
@@ -210,33 +212,49 @@ class ContainerLauncher:
         if wid >= 0:
             self.events.put(("die", wid, cid))
 
-    def exit_of(self, cid: str) -> tuple[int | None, bool]:
+    def exit_of(self, cid: str) -> tuple[int | None, bool, bool]:
+        """(exit code, OOMKilled, lost): lost when the container is gone or being removed (``docker rm -f``
+        by hand), which says nothing about its task."""
         info = self.executor.worker_exit(self.client, cid)
         if info is None:
-            return None, False
-        return info.exit_code, info.oom_killed
+            return None, False, True
+        return info.exit_code, info.oom_killed, info.removing
 
-    def poll_exits(self, alive: dict[int, Any]) -> list[tuple[int, int | None, bool]]:
-        """Workers in ``alive`` (id -> container id) whose container has stopped: (id, code, oom)."""
+    def poll_exits(self, alive: dict[int, Any]) -> list[tuple[int, int | None, bool, bool]]:
+        """Workers in ``alive`` (id -> container id) whose container has stopped: (id, code, oom, lost)."""
         out = []
         for wid, cid in alive.items():
             try:
                 info = self.executor.worker_exit(self.client, cid)
             except Exception:  # noqa: BLE001 - engine unreachable: nothing to report now
                 continue
-            if info is None:  # removed behind our back: report it as an unexpected end
-                out.append((wid, -1, False))
+            if info is None:  # removed behind our back: a lost worker
+                out.append((wid, None, False, True))
             elif info.exit_code is not None:
-                out.append((wid, info.exit_code, info.oom_killed))
+                out.append((wid, info.exit_code, info.oom_killed, info.removing))
         return out
 
     def start_all(self) -> None:
-        launch = self.executor.execute(self.plan, client=self.client, keep_failed=self.keep_failed)
+        launch = self.executor.launch_fleet(self.plan, client=self.client, keep_failed=self.keep_failed)
         for handle in launch.workers:
             self.ids[handle.worker_id] = handle.container_id
 
     def restart(self, worker_id: int) -> None:
-        handle = self.executor.start_worker(self.client, self.plan, self.plan.workers[worker_id], keep_failed=self.keep_failed)
+        """Start the worker again. A container removed by hand keeps its name while the engine removes it
+        (409 Conflict "already in use"): wait for the name to be free, up to ``_NAME_FREE_S`` seconds."""
+        from ..errors import LaunchError
+
+        deadline = time.monotonic() + _NAME_FREE_S
+        delay = 0.1
+        while True:
+            try:
+                handle = self.executor.start_worker(self.client, self.plan, self.plan.workers[worker_id], keep_failed=self.keep_failed)
+                break
+            except LaunchError as exc:
+                if "already in use" not in str(exc) and "removal of container" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)  # the engine is removing the old container; there is no event for "name free"
+                delay = min(delay * 2, 1.0)
         self.ids[worker_id] = handle.container_id
 
     def current(self, worker_id: int) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import heapq
 import json
 import os
 import queue
@@ -30,14 +31,16 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
+from .. import events as E
 from ..core.graph import TaskGraph
 from ..core.model import LaunchPlan
 from ..core.plan import run_branch_prefix, worker_branch_prefix
+from ..core.policy import ExitFacts, HeldTask, decide
 from ..errors import OrchestrationError
 from ..worker import protocol as P
 from ..worker import state as S
@@ -47,8 +50,13 @@ from .git import git, git_ok
 from .importer import ImportRejected, import_bundle
 from .launchers import ContainerLauncher, SubprocessLauncher
 
+if TYPE_CHECKING:  # pragma: no cover
+    from docker import DockerClient
+
 __all__ = [
     "RunResult",
+    "Run",
+    "execute",
     "orchestrate",
     "merge_into_base",
     "init_state",
@@ -223,14 +231,47 @@ class _FifoReader:
             os.close(self.fd)
 
 
+class _Foreign(Mapping[str, str]):
+    """Files other tasks of a level own (path -> task id), as a view of the level's table without copying it."""
+
+    def __init__(self, owners: dict[str, str], task_id: str) -> None:
+        self.owners = owners
+        self.task_id = task_id
+
+    def __getitem__(self, path: str) -> str:
+        owner = self.owners[path]
+        if owner == self.task_id:
+            raise KeyError(path)
+        return owner
+
+    def __contains__(self, path: object) -> bool:
+        return self.owners.get(path, self.task_id) != self.task_id  # type: ignore[call-overload]
+
+    def __iter__(self) -> Iterator[str]:
+        return (p for p, owner in self.owners.items() if owner != self.task_id)
+
+    def __len__(self) -> int:
+        return sum(1 for owner in self.owners.values() if owner != self.task_id)
+
+
 class _Run:
-    def __init__(self, plan: LaunchPlan, graph: TaskGraph, out: Callable[[str], None], launcher_factory: Callable[..., Any]) -> None:
+    """One run. The state lives in memory while the run lasts (with indexes: pending task ids per level in a
+    heap, open and per-status counts per level, the tasks each worker holds), and every change is persisted as
+    the changed rows only (:meth:`StateStore.write`), so a claim or a finish costs the same at any graph size.
+    Writes by other processes (``stop``, ``retry``) bump the state's ``seq``: the run then reloads."""
+
+    def __init__(
+        self, plan: LaunchPlan, graph: TaskGraph, out: Callable[[str], None], launcher_factory: Callable[..., Any],
+        on_event: Callable[[E.Event], None] | None = None,
+    ) -> None:
         self.plan = plan
         self.graph = graph
         self.out = out
+        self.on_event = on_event
         self.store = S.StateStore(plan.state_dir, plan.feature)
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.launcher_factory = launcher_factory
+        self.launcher: Any = None
         self.alive: dict[int, Any] = {}  # worker id -> current container id / pid
         self.started_at: dict[int, float] = {}
         self.context_restarts: dict[str, int] = {}  # task id -> exits 2 on it
@@ -239,7 +280,6 @@ class _Run:
         self.stopping = False  # we are ending the run (stop signal or final status)
         self.stopped_by_user = False
         self.seconds_per_minute = _SECONDS_PER_MINUTE
-        self.reported: dict[str, str] = {}  # task id -> status last reported
         self._restore_signals: Callable[[], None] = lambda: None  # set while an interrupted run stops its workers
         # Every change of the state in this process happens under this lock (the channel's threads and the
         # loop); waiting claims sleep on ``changed`` and wake on every change.
@@ -254,13 +294,133 @@ class _Run:
         self.progress_notes: dict[int, int] = {}  # worker id -> progress notes written in this run
         self.claim_counts: dict[str, int] = {}  # task id -> claims in this run
         self.progress_path = os.path.join(plan.repo, ".gsd", "specs", plan.feature, P.PROGRESS_FILE)
+        # The graph, indexed once (its own lookups are linear scans).
+        self.task_of = {t.id: t for t in graph.tasks}
+        self.raw_of = dict(zip((t.id for t in graph.tasks), graph.raw_tasks)) if graph.raw_tasks else {}
+        self.owners: dict[int, dict[str, str]] = {}
+        for t in graph.tasks:
+            for path in t.files.owned:
+                self.owners.setdefault(t.level, {})[path] = t.id
+        self.tips: dict[int, str] = {}  # worker id -> its branch's commit, as this run last set or saw it
+        self.base_tip = ""
+        self._ancestry: dict[tuple[str, str], bool] = {}
+        # The in-memory state and its indexes (see _load).
+        self.run_doc: dict[str, Any] = {}
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.heaps: dict[int, list[str]] = {}
+        self.counts: dict[int, dict[str, int]] = {}
+        self.held: dict[int, set[str]] = {}
+        self.cost = 0.0
+        self.dirty: set[str] = set()
+        self.my_seq = 0
+
+    # -- the state in memory ---------------------------------------------------------------------------------
+    def _load(self, data: dict[str, Any]) -> None:
+        """(Re)build the in-memory state and its indexes from a whole document (start, resume, foreign write)."""
+        self.run_doc = {k: v for k, v in data.items() if k not in ("tasks", "processes")}
+        self.tasks = data["tasks"]
+        self.heaps, self.counts, self.held, self.cost = {}, {}, {}, 0.0
+        for tid in sorted(self.tasks):
+            t = self.tasks[tid]
+            self._index(tid, t, +1)
+            self.cost += float((t.get("usage") or {}).get("cost_usd") or 0)
+        self.my_seq = int(self.run_doc.get("seq", 0))
+        self.dirty.clear()
+
+    def _index(self, tid: str, t: dict[str, Any], sign: int) -> None:
+        level, status = t["level"], t["status"]
+        counts = self.counts.setdefault(level, {})
+        counts[status] = counts.get(status, 0) + sign
+        if status == S.PENDING and sign > 0:
+            heapq.heappush(self.heaps.setdefault(level, []), tid)
+        if status == S.CLAIMED and t.get("worker") is not None:
+            mine = self.held.setdefault(t["worker"], set())
+            if sign > 0:
+                mine.add(tid)
+            else:
+                mine.discard(tid)
+
+    def _set(self, tid: str, **fields: Any) -> dict[str, Any]:
+        """Change one task's record (indexes follow); persisted by the next :meth:`_save`."""
+        t = self.tasks[tid]
+        self._index(tid, t, -1)
+        t.update(fields)
+        if t["status"] == S.PENDING:
+            t["worker"] = None
+        self._index(tid, t, +1)
+        self.dirty.add(tid)
+        return t
+
+    def _save(self, **run: Any) -> None:
+        """Persist the changed tasks and the given run fields (one transaction, one row per change)."""
+        self.run_doc.update(run)
+        tasks = {tid: self.tasks[tid] for tid in self.dirty}
+        self.dirty.clear()
+        before, after = self.store.write(tasks, run or None)
+        foreign = before != self.my_seq
+        self.my_seq = after
+        self.run_doc["seq"] = after
+        if foreign:  # someone else (stop, retry) wrote in between: their rows are newer than our memory
+            self._reload()
+
+    def _reload(self) -> None:
+        data = self.store.read() or {}
+        if data:
+            self._load(data)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[dict[str, Any]]:
+        """A whole-document transaction under the run's lock (O(tasks): for tests and rare paths); the memory
+        reloads afterwards and waiting claims wake."""
+        with self.changed:
+            with self.store.transaction() as data:
+                yield data
+            self._reload()
+            self.changed.notify_all()
+
+    def _sync(self) -> None:
+        """Notice writes by other processes (``mahabharatha stop``, ``retry``): reload when the seq moved."""
+        run = self.store.read_run() or {}
+        if int(run.get("seq", 0)) != self.my_seq:
+            self._reload()
+            self.changed.notify_all()
+
+    def _status(self) -> str:
+        return str(self.run_doc.get("status", "failed"))
+
+    def _open(self, level: int) -> int:
+        counts = self.counts.get(level, {})
+        return counts.get(S.PENDING, 0) + counts.get(S.CLAIMED, 0)
+
+    def _npending(self) -> int:
+        return sum(c.get(S.PENDING, 0) for c in self.counts.values())
+
+    def _pop_pending(self, level: int) -> str | None:
+        heap = self.heaps.get(level, [])
+        while heap:
+            tid = heapq.heappop(heap)
+            t = self.tasks.get(tid)
+            if t is not None and t["status"] == S.PENDING and t["level"] == level:
+                return tid
+        return None
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _worker_branches(self) -> list[str]:
         return [spec.worktree.branch for spec in self.plan.workers]
 
+    def _emit(self, event: E.Event) -> None:
+        if self.on_event is not None:
+            with contextlib.suppress(Exception):  # a broken callback must not take the run down
+                self.on_event(event)
+        text = E.describe(event)
+        if text is not None:
+            self.out(text)
+
     def _log(self, text: str) -> None:
-        self.out(text)
+        self._emit(E.Notice(text))
+
+    def _failed_event(self, tid: str, wid: int | None) -> None:
+        self._emit(E.TaskFailed(tid, wid, self.tasks[tid].get("error", "")))
 
     def _finish_level_if_settled(self) -> None:
         with self.changed:  # settled-check, merge and advance in one step: no claim or finish in between
@@ -269,31 +429,43 @@ class _Run:
 
     def _finish_level_locked(self) -> None:
         while True:
-            data = self.store.read() or {}
-            if data.get("status") != S.RUNNING:
+            if self._status() != S.RUNNING:
                 return
-            level = data["level"]
-            if not S.level_settled(data, level):
+            level = self.run_doc["level"]
+            if self._open(level):
                 return
-            counts = S.summary(data).get(level, {})
-            shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            counts = {s: n for s, n in self.counts.get(level, {}).items() if n}
             try:
                 merged = merge_into_base(
                     self.plan.repo, self.plan.base_branch, self._existing_branches(), f"mahabharatha {self.plan.feature} level {level}"
                 )
             except OrchestrationError as exc:
-                with self.store.transaction() as d:
-                    d["status"] = "failed"
-                    d["message"] = str(exc)
+                self._save(status="failed", message=str(exc))
                 self._log(f"level {level}: {exc}")
                 return
-            with self.store.transaction() as d:
-                settle_level(d, self.graph)
-                new_level, status = d["level"], d["status"]
-            self._log(f"level {level} finished ({shown}); merged {len(merged)} branch(es) into {self.plan.base_branch}")
-            if status != S.RUNNING:
+            self.base_tip = ""
+            self._settle_locked()
+            self._emit(E.LevelMerged(level, counts, tuple(merged), self.plan.base_branch))
+            if self._status() != S.RUNNING:
                 return
-            self._log(f"level {new_level} started")
+            self._emit(E.LevelStarted(self.run_doc["level"]))
+
+    def _settle_locked(self) -> None:
+        """The in-memory :func:`settle_level`: block dependants of failures, advance or end, in one write."""
+        for tid, dep in _blocked_by(self.graph, self.tasks).items():
+            self._set(tid, status=S.BLOCKED, error=f"blocked by {dep}")
+        pending = [lvl for lvl in sorted(self.counts) if self.counts[lvl].get(S.PENDING, 0)]
+        if pending:
+            self._save(level=pending[0])
+            return
+        failed = sorted(tid for tid, t in self.tasks.items() if t["status"] == S.FAILED)
+        blocked = sorted(tid for tid, t in self.tasks.items() if t["status"] == S.BLOCKED)
+        if blocked:
+            self._save(status="blocked", message=f"failed: {', '.join(failed)}; blocked: {', '.join(blocked)}")
+        elif failed:
+            self._save(status="failed", message=f"failed: {', '.join(failed)}")
+        else:
+            self._save(status="done", message="")
 
     def _existing_branches(self) -> list[str]:
         """Every worker branch of the feature, including those of an earlier run with more workers (their done
@@ -311,24 +483,29 @@ class _Run:
         return [branch for _, branch in sorted(numbered)]
 
     def _pending_work(self) -> bool:
-        data = self.store.read() or {}
-        return data.get("status") == S.RUNNING and any(t["status"] == S.PENDING for t in data["tasks"].values())
+        return self._status() == S.RUNNING and self._npending() > 0
 
     def _restart(self, wid: int, why: str) -> None:
-        self._log(f"worker {wid}: {why}; restarting")
+        self._emit(E.WorkerStarted(wid, why))
         with self.changed:
             self.may_park.add(wid)
         self.launcher.restart(wid)
         self.alive[wid] = self.launcher.current(wid)
         self.started_at[wid] = time.monotonic()
+        self._emit(E.WorkerReady(wid))
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[dict[str, Any]]:
-        """A state transaction under the run's lock; waiting claims wake afterwards."""
-        with self.changed:
-            with self.store.transaction() as data:
-                yield data
-            self.changed.notify_all()
+    def _mark_stopped(self, message: str) -> bool:
+        if self._status() != S.RUNNING:
+            return False
+        self._save(status="stopped", message=message)
+        return True
+
+    def _release(self, wid: int, status: str = S.PENDING, error: str = "") -> list[str]:
+        """The tasks ``wid`` holds go to ``status`` (in memory; the caller saves)."""
+        mine = sorted(self.held.get(wid, ()))
+        for tid in mine:
+            self._set(tid, status=status, error=error[:500])
+        return mine
 
     def _note(self, line: str) -> None:
         """Append one line to the feature's progress.md (the orchestrator's words; never through a symlink)."""
@@ -346,9 +523,15 @@ class _Run:
     def handle(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
         """Answer one request of worker ``wid`` (called on its connection's thread)."""
         op = message["op"]
+        if not self.run_doc and op != "hello":  # served before run() loaded the state (the unit tests' harness)
+            with self.lock:
+                if not self.run_doc:
+                    self._reload()
         if op == "hello":
             spec = self.plan.workers[wid]
             start = _worktrees.ensure_worker_branch(self.plan.repo, spec.worktree.branch, self.plan.base_branch)
+            # Not under the run's lock: a restart waits (holding it) for this very worker to announce itself.
+            self.tips[wid] = start
             return {"ok": True, "start": start, "feature": self.plan.feature, "branch": spec.worktree.branch}
         if op == "claim":
             return self._claim(wid)
@@ -359,9 +542,11 @@ class _Run:
         if op == "checkpoint":
             return self._checkpoint(wid, message, blob)
         if op == "release":
-            with self._tx() as d:
-                released = S.release_worker(d, wid)
+            with self.changed:
+                released = self._release(wid)
+                self._save()
                 self.claims.pop(wid, None)
+                self.changed.notify_all()
             self.events.put(("state",))
             return {"ok": True, "released": released}
         if op == "progress":
@@ -375,54 +560,76 @@ class _Run:
 
     def _start_for(self, wid: int) -> str:
         """The commit worker ``wid``'s next task starts from: the level's base when the worker branch is
-        behind it (the level merged it), else the worker branch (it holds tasks of this level already)."""
+        behind it (the level merged it), else the worker branch (it holds tasks of this level already).
+        Tips and ancestry are remembered: git is asked only when a branch moved."""
         spec = self.plan.workers[wid]
-        mine = _worktrees.ensure_worker_branch(self.plan.repo, spec.worktree.branch, self.plan.base_branch)
-        base = git(self.plan.repo, "rev-parse", f"refs/heads/{self.plan.base_branch}")
-        return base if git_ok(self.plan.repo, "merge-base", "--is-ancestor", mine, base) else mine
+        mine = self.tips.get(wid) or _worktrees.ensure_worker_branch(self.plan.repo, spec.worktree.branch, self.plan.base_branch)
+        self.tips[wid] = mine
+        if not self.base_tip:
+            self.base_tip = git(self.plan.repo, "rev-parse", f"refs/heads/{self.plan.base_branch}")
+        base = self.base_tip
+        key = (mine, base)
+        if key not in self._ancestry:
+            self._ancestry[key] = mine == base or git_ok(self.plan.repo, "merge-base", "--is-ancestor", mine, base)
+        return base if self._ancestry[key] else mine
 
     def _claim(self, wid: int) -> dict[str, Any]:
         with self.changed:
             while True:
-                data = self.store.read() or {}
-                status = data.get("status")
+                status = self._status()
                 if status in S.FINAL or self.stopping:
                     return {"ok": True, "final": status if status in S.FINAL else "stopped"}
                 if status == S.RUNNING:
-                    with self.store.transaction() as d:
-                        if wid in self.claims:  # a worker holds one task at a time
-                            S.release_worker(d, wid)
-                            self.claims.pop(wid, None)
-                        task_id = S.claim_next(d, wid)
-                        while task_id is not None and self._claimed_too_often(task_id):
-                            n = self.claim_counts[task_id] - 1
-                            S.finish_task(d, task_id, S.FAILED, error=(
-                                f"given back {n} times in this run without a result (released or checkpointed each "
-                                "time); see the worker's log"))
-                            task_id = S.claim_next(d, wid)
-                        attempt = d["tasks"][task_id]["attempts"] if task_id else 0
-                        level = d["level"]
+                    level = self.run_doc["level"]
+                    task_id = self._take(wid)
                     if task_id is not None:
                         self.may_park.discard(wid)
+                        t = self.tasks[task_id]
+                        attempt = t["attempts"]
                         start = self._start_for(wid)
                         self.claims[wid] = _Claim(task_id, start, level, time.monotonic())
                         self.last_task[wid] = task_id
                         self.changed.notify_all()
-                        self.events.put(("state",))
-                        raw = json.loads(self.graph.raw_task(task_id))
-                        checkpoint = str(d["tasks"][task_id].get("checkpoint") or "")
+                        self._emit(E.TaskClaimed(task_id, wid, attempt, level))
+                        raw_text = self.raw_of.get(task_id)
+                        raw = json.loads(raw_text) if raw_text is not None else json.loads(self.graph.raw_task(task_id))
                         return {
                             "ok": True, "task": raw, "task_id": task_id, "attempt": attempt, "start": start,
-                            "level": level, "checkpoint": checkpoint, "context": self._context(task_id, d),
+                            "level": level, "checkpoint": str(t.get("checkpoint") or ""), "context": self._context(task_id),
                         }
+                    elif self._open(level) == 0:
+                        self.events.put(("state",))  # the level is settled: the loop merges it
                 self.changed.wait(timeout=_WAKE_S)
 
-    def _context(self, task_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    def _take(self, wid: int) -> str | None:
+        """The state part of a claim (under the lock): give back what ``wid`` held, take the first pending task
+        of the current level (by id), persist that one row. None when the level has nothing pending."""
+        if wid in self.claims or self.held.get(wid):  # a worker holds one task at a time
+            self._release(wid)
+            self.claims.pop(wid, None)
+        task_id = self._pop_pending(self.run_doc["level"])
+        while task_id is not None and self._claimed_too_often(task_id):
+            # Claimed and given back over and over (released or checkpointed each time, e.g. by a hostile
+            # agent): the run must end, so the task fails.
+            n = self.claim_counts[task_id] - 1
+            self._set(task_id, status=S.FAILED, worker=None, error=(
+                f"given back {n} times in this run without a result (released or checkpointed each time); see the "
+                "worker's log"))
+            self._emit(E.TaskFailed(task_id, wid, self.tasks[task_id]["error"]))
+            task_id = self._pop_pending(self.run_doc["level"])
+        if task_id is not None:
+            t = self.tasks[task_id]
+            self._set(task_id, status=S.CLAIMED, worker=wid, error="", attempts=t.get("attempts", 0) + 1)
+        if self.dirty:
+            self._save()
+        return task_id
+
+    def _context(self, task_id: str) -> dict[str, Any]:
         """What a task's prompt names beside the task: its dependencies, their files and commit subjects."""
         deps = []
-        for dep_id in self.graph.task(task_id).dependencies:
-            dep = self.graph.task(dep_id)
-            commit = str(data["tasks"].get(dep_id, {}).get("commit") or "")
+        for dep_id in self.task_of[task_id].dependencies:
+            dep = self.task_of[dep_id]
+            commit = str((self.tasks.get(dep_id) or {}).get("commit") or "")
             subject = git(self.plan.repo, "log", "-1", "--format=%s", commit, check=False) if commit else ""
             deps.append({"id": dep_id, "title": dep.title, "files": list(dep.files.owned), "subject": subject[:200]})
         return {"dependencies": deps}
@@ -431,16 +638,21 @@ class _Run:
         n = self.claim_counts[task_id] = self.claim_counts.get(task_id, 0) + 1
         return n > 1 + _MAX_EXTRA_CLAIMS + self.plan.retry_attempts
 
-    def _owns(self, data: dict[str, Any], wid: int, task_id: str) -> bool:
+    def _owns(self, wid: int, task_id: str) -> bool:
         claim = self.claims.get(wid)
-        task = data["tasks"].get(task_id) or {}
+        task = self.tasks.get(task_id) or {}
         return (
             claim is not None and claim.task_id == task_id and task.get("status") == S.CLAIMED and task.get("worker") == wid
         )
 
-    def _foreign(self, task_id: str, level: int) -> dict[str, str]:
+    def _foreign(self, task_id: str, level: int) -> Mapping[str, str]:
         """Files other tasks of ``level`` own (path -> task id): a result touching them is rejected."""
-        return {path: t.id for t in self.graph.tasks_at(level) if t.id != task_id for path in t.files.owned}
+        return _Foreign(self.owners.get(level, {}), task_id)
+
+    def _add_cost(self, task: dict[str, Any], usage: Any) -> None:
+        before = float((task.get("usage") or {}).get("cost_usd") or 0)
+        _add_usage(task, usage)
+        self.cost += float((task.get("usage") or {}).get("cost_usd") or 0) - before
 
     def _finish(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
         task_id, status, commit = message.get("task"), message.get("status"), message.get("commit") or ""
@@ -453,8 +665,7 @@ class _Run:
         # Under the lock from the ownership check to the state write: a task the timeout failed meanwhile must
         # not reach the worker branch (and so the base).
         with self.changed:
-            data = self.store.read() or {}
-            if not self._owns(data, wid, task_id):
+            if not self._owns(wid, task_id):
                 return {"ok": True, "status": "lost", "error": f"task {task_id} is no longer claimed by worker {wid}"}
             claim = self.claims[wid]
             incoming = f"refs/mahabharatha/incoming/{feature}/worker-{wid}"
@@ -465,8 +676,9 @@ class _Run:
                     import_bundle(
                         self.plan.repo, blob, expected_ref=f"refs/heads/{spec.worktree.branch}", commit=commit,
                         dest_ref=f"refs/heads/{spec.worktree.branch}", incoming_ref=incoming, start=claim.start,
-                        foreign=self._foreign(task_id, claim.level), keep_rejected_at=failed_ref,
+                        foreign=self._foreign(task_id, claim.level), keep_rejected_at=failed_ref,  # type: ignore[arg-type]
                     )
+                    self.tips[wid] = commit
                 except ImportRejected as exc:
                     status = S.FAILED
                     kept = git_ok(self.plan.repo, "rev-parse", "--verify", "--quiet", failed_ref)
@@ -484,26 +696,33 @@ class _Run:
                         error = _clip(error, 300) + f" (its work could not be kept: {_clip(str(exc), 150)})"
                 commit = ""
                 error = error or "failed"
-            with self.store.transaction() as d:
-                S.finish_task(d, task_id, status, commit=commit, error=error)
-                _add_usage(d["tasks"][task_id], message.get("usage"))
-                if status == S.DONE:
-                    d["tasks"][task_id].pop("checkpoint", None)
-                self._check_budget(d)
+            task = self._set(task_id, status=status, commit=commit, error=error[:500])
+            self._add_cost(task, message.get("usage"))
+            if status == S.DONE:
+                task.pop("checkpoint", None)
+            self._check_budget()
+            self._save()
             self.claims.pop(wid, None)
             self.changed.notify_all()
+            if status == S.DONE:
+                self._emit(E.TaskDone(task_id, wid, commit))
+            else:
+                self._failed_event(task_id, wid)
         self.events.put(("state",))
         self._note(f"worker {wid}: {task_id} {status}" + (f" {commit[:10]}" if commit else "") + (f": {error}" if error else ""))
         return {"ok": True, "status": status, "error": error, "commit": commit}
 
-    def _check_budget(self, d: dict[str, Any]) -> None:
+    def _check_budget(self) -> None:
         """workers.max_cost_usd: once the run's agents together cost that much, the run stops (resumable)."""
         budget = self.plan.max_cost_usd
-        if budget is None or d.get("status") != S.RUNNING:
+        if budget is None or self._status() != S.RUNNING:
             return
-        spent = sum(float((t.get("usage") or {}).get("cost_usd") or 0) for t in d["tasks"].values())
-        if spent >= budget:
-            S.mark_stopped(d, f"cost budget reached: ${spent:.2f} of workers.max_cost_usd=${budget:g}; raise it and run again to resume")
+        if self.cost >= budget:
+            self.run_doc.update(
+                status="stopped",
+                message=f"cost budget reached: ${self.cost:.2f} of workers.max_cost_usd=${budget:g}; raise it and run again to resume",
+            )
+            self._save(status=self.run_doc["status"], message=self.run_doc["message"])
 
     def _checkpoint(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
         """The worker's agent reached its context threshold: keep the work so far (verified like any result)
@@ -512,8 +731,7 @@ class _Run:
         if not isinstance(task_id, str) or not isinstance(commit, str):
             return {"ok": False, "error": "checkpoint needs task and commit (text)"}
         with self.changed:
-            data = self.store.read() or {}
-            if not self._owns(data, wid, task_id):
+            if not self._owns(wid, task_id):
                 return {"ok": True, "status": "lost", "error": f"task {task_id} is no longer claimed by worker {wid}"}
             claim = self.claims[wid]
             ref = P.checkpoint_ref(self.plan.feature, task_id)
@@ -523,18 +741,18 @@ class _Run:
                     import_bundle(
                         self.plan.repo, blob, expected_ref=P.PARK_REF, commit=commit, dest_ref=ref,
                         incoming_ref=f"refs/mahabharatha/incoming/{self.plan.feature}/worker-{wid}", start=claim.start,
-                        foreign=self._foreign(task_id, claim.level),
+                        foreign=self._foreign(task_id, claim.level),  # type: ignore[arg-type]
                     )
                     kept = commit
                 except ImportRejected as exc:
                     self._log(f"worker {wid}: the checkpoint of {task_id} was rejected: {exc}")
-            with self.store.transaction() as d:
-                task = d["tasks"][task_id]
-                S.release_worker(d, wid)
-                _add_usage(task, message.get("usage"))
-                task["checkpoint"] = kept
-                task["error"] = _clip(f"checkpoint after {str(message.get('reason') or 'the context limit')}", 300)
-                self._check_budget(d)
+            self._release(wid)
+            task = self._set(
+                task_id, checkpoint=kept, error=_clip(f"checkpoint after {str(message.get('reason') or 'the context limit')}", 300)
+            )
+            self._add_cost(task, message.get("usage"))
+            self._check_budget()
+            self._save()
             self.claims.pop(wid, None)
             self.changed.notify_all()
         self.events.put(("state",))
@@ -566,79 +784,51 @@ class _Run:
         return {"ok": True, "ref": ref}
 
     # -- exits ---------------------------------------------------------------------------------------------
-    def _on_exit(self, wid: int, code: int | None, oom: bool) -> None:
+    def _on_exit(self, wid: int, code: int | None, oom: bool, lost: bool = False) -> None:
         with self.changed:
-            self._on_exit_locked(wid, code, oom)
+            self._on_exit_locked(wid, code, oom, lost)
             self.changed.notify_all()
 
-    def _on_exit_locked(self, wid: int, code: int | None, oom: bool) -> None:
+    def facts(self, wid: int, code: int | None, oom: bool, lost: bool = False) -> ExitFacts:
+        """What :func:`mahabharatha.core.policy.decide` needs to know about worker ``wid``'s exit."""
+        last = self.last_task.get(wid, "")
+        held = tuple(HeldTask(tid, int(self.tasks[tid].get("attempts", 0))) for tid in sorted(self.held.get(wid, ())))
+        return ExitFacts(
+            worker=wid, code=code, meaning=P.exit_meaning(code) + (", OOMKilled" if oom else ""), oom=oom,
+            oom_known=self.plan.mode == "container", lost=lost, timed_out=wid in self.timed_out,
+            ending=self._status() in S.FINAL or self.stopping, held=held, last_task=last,
+            last_task_pending=(self.tasks.get(last) or {}).get("status") == S.PENDING,
+            context_restarts=self.context_restarts.get(last, 0), error_restarts=self.error_restarts.get(wid, 0),
+            pending=self._pending_work(), retry_attempts=self.plan.retry_attempts,
+            mem_limit=self.plan.workers[wid].mem_limit, max_context_restarts=_MAX_CONTEXT_RESTARTS,
+        )
+
+    def _on_exit_locked(self, wid: int, code: int | None, oom: bool, lost: bool = False) -> None:
         self.alive.pop(wid, None)
         self.claims.pop(wid, None)  # its claimed task is settled below, by the exit policy
-        data = self.store.read() or {}
-        final = data.get("status") in S.FINAL
-        meaning = P.exit_meaning(code) + (", OOMKilled" if oom else "")
-        if wid in self.timed_out:
-            self.timed_out.discard(wid)
-            self._log(f"worker {wid} exited {code} ({meaning}) after its timeout")
-            if self._pending_work() and not self.stopping:
-                self._restart(wid, "timed out")
-            return
-        if final or self.stopping:
-            self._log(f"worker {wid} exited {code} ({meaning})")
-            return
-        if code == P.EXIT_CONTEXT_LIMIT:
-            task_id = self.last_task.get(wid, "")
-            n = self.context_restarts[task_id] = self.context_restarts.get(task_id, 0) + 1
-            if n <= _MAX_CONTEXT_RESTARTS:
-                self._restart(wid, f"context limit reached on {task_id or 'its task'} (exit 2)")
-                return
-            why = (
-                f"context limit reached on {n} attempts in a row: the task is too big for one context; split it in "
-                "the task graph (or raise workers.context_threshold_percent), then `mahabharatha retry`"
-            )
-            with self.store.transaction() as d:
-                S.release_worker(d, wid)
-                task = d["tasks"].get(task_id)
-                if task is not None and task["status"] == S.PENDING:
-                    task.update(status=S.FAILED, error=why)
-            self._log(f"worker {wid}: task {task_id} failed: {why}")
-        elif code == P.EXIT_OOM or oom:
-            retries = self.plan.retry_attempts
-            mem = self.plan.workers[wid].mem_limit
-            with self.store.transaction() as d:
-                mine = [tid for tid, t in d["tasks"].items() if t["status"] == S.CLAIMED and t.get("worker") == wid]
-                for tid in mine:
-                    t = d["tasks"][tid]
-                    if t["attempts"] <= retries:
-                        t.update(status=S.PENDING, worker=None, error=f"killed ({meaning}) on attempt {t['attempts']}")
-                    else:
-                        t.update(
-                            status=S.FAILED,
-                            error=f"killed ({meaning}) on {t['attempts']} attempts; raise resources.container_memory_limit (now {mem})",
-                        )
-            self._log(f"worker {wid} exited {code} ({meaning}); task(s) {', '.join(mine) or 'none'}")
-            if self._pending_work():
-                self._restart(wid, "killed")
-            return
-        elif code == P.EXIT_STOPPED:
+        self.tips.pop(wid, None)  # a new worker says hello again
+        f = self.facts(wid, code, oom, lost)
+        self.timed_out.discard(wid)
+        d = decide(f)
+        for change in d.changes:
+            self._set(change.task, status=change.status, error=change.error[:500])
+        if d.count == "context":
+            self.context_restarts[f.last_task] = f.context_restarts + 1
+        elif d.count == "error":
+            self.error_restarts[wid] = f.error_restarts + 1
+        if d.stopped_by_user:
             self.stopped_by_user = True
-            self._log(f"worker {wid} stopped (exit 130): stopping the run; run kurukshetra again to resume")
-            with self.store.transaction() as d:
-                S.release_worker(d, wid)
-                S.mark_stopped(d, "stopped by signal; run again to resume")
-            return
-        elif code == P.EXIT_BLOCKED:
-            self._log(f"worker {wid} reports all remaining tasks blocked (exit 3)")
-            return
-        else:  # 1 or anything unexpected: its task fails
-            with self.store.transaction() as d:
-                failed = S.release_worker(d, wid, status=S.FAILED, error=f"worker exited {code} ({meaning}); see its log")
-            self._log(f"worker {wid} exited {code} ({meaning}); failed {', '.join(failed) or 'no task'}")
-            n = self.error_restarts[wid] = self.error_restarts.get(wid, 0) + 1
-            if n <= self.plan.retry_attempts + 1 and self._pending_work():
-                self._restart(wid, "error")
-                return
-        self._log(f"worker {wid} exited {code} ({meaning})")
+        if d.stop_run and self._status() == S.RUNNING:
+            self._save(status="stopped", message=d.stop_run)
+        elif d.changes:
+            self._save()
+        for change in d.changes:
+            if change.status == S.FAILED:
+                self._failed_event(change.task, wid)
+        held = ", ".join(h.task for h in f.held)
+        self._emit(E.WorkerExited(wid, code, f.meaning, oom, held or f.last_task, d.note))
+        if d.restart:
+            self._restart(wid, d.restart)
 
     def _check_timeouts(self) -> float:
         """Stop workers whose task attempt runs longer than ``workers.timeout_minutes`` (counted from the claim);
@@ -654,10 +844,12 @@ class _Run:
                     self.timed_out.add(wid)
                     minutes = self.plan.timeout_minutes
                     # Fail its task first (under the lock): a finish arriving later finds it no longer claimed.
-                    with self.store.transaction() as d:
-                        failed = S.release_worker(d, wid, status=S.FAILED, error=f"task attempt timed out after {minutes} min (workers.timeout_minutes)")
+                    failed = self._release(wid, S.FAILED, f"task attempt timed out after {minutes} min (workers.timeout_minutes)")
+                    self._save()
                     self.claims.pop(wid, None)
                     self.changed.notify_all()
+                    for tid in failed:
+                        self._failed_event(tid, wid)
                     self._log(f"worker {wid}: task {claim.task_id} over workers.timeout_minutes={minutes}; stopping it; failed {', '.join(failed) or 'no task'}")
                     self.launcher.stop(wid)
                 else:
@@ -665,6 +857,10 @@ class _Run:
         return wait
 
     # -- main ----------------------------------------------------------------------------------------------
+    def request_stop(self, message: str = "stopped by the caller; run again to resume") -> None:
+        """Ask the run to stop (from any thread): the loop marks it stopped and stops the workers."""
+        self.events.put(("stop", message))
+
     def run(self) -> RunResult:
         os.makedirs(self.store.dir, exist_ok=True)
         lock_fd = os.open(self.store.run_lock_path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -680,26 +876,25 @@ class _Run:
         finally:
             self._restore_signals()  # Ctrl-C works again once the workers are stopped and closed
             os.close(lock_fd)
+            self.store.close()
 
     def _run(self) -> RunResult:
         t0 = time.monotonic()
         plan = self.plan
         _worktrees.ensure_base_branch(plan.repo, plan.base_branch)
         data, resumed = init_state(self.store, self.graph)
-        self.reported = {tid: t["status"] for tid, t in data["tasks"].items() if t["status"] in (S.DONE, S.FAILED)}
-        if resumed:
-            counts = S.summary(data)
-            done = sum(c.get(S.DONE, 0) for c in counts.values())
-            self._log(f"resuming {plan.feature}: {done}/{len(data['tasks'])} tasks already done, level {data['level']}")
+        with self.lock:
+            self._load(self.store.read() or data)
+        done = sum(c.get(S.DONE, 0) for c in self.counts.values())
+        self._emit(E.RunStarted(plan.feature, len(self.tasks), tuple(self.run_doc.get("levels") or ()), resumed, done, int(self.run_doc.get("level", 0))))
         fifo = _FifoReader(self.store, self.events)
-        self.launcher = None
         self.server = ChannelServer({spec.worker_id: spec.channel_socket for spec in plan.workers}, self.handle)
         try:
             self.server.start()
             self._finish_level_if_settled()  # a resumed run may stand at a level end
-            if (self.store.read() or {}).get("status") == S.RUNNING:
+            if self._status() == S.RUNNING:
                 n = len(plan.workers)
-                self._log(f"starting {n} worker(s) ({plan.mode}) for {plan.feature}: {len(self.graph.tasks)} tasks in {len(self.graph.levels)} levels")
+                self._emit(E.WorkersStarting(plan.feature, n, plan.mode, len(self.graph.tasks), len(self.graph.levels)))
                 if plan.mode == "container":  # the launch in the words the tutorial uses
                     self._log(f"Container mode: using image {plan.image}")
                     for spec in plan.workers:
@@ -711,6 +906,8 @@ class _Run:
                 for spec in plan.workers:
                     self.alive[spec.worker_id] = self.launcher.current(spec.worker_id)
                     self.started_at[spec.worker_id] = time.monotonic()
+                    self._emit(E.WorkerStarted(spec.worker_id))
+                    self._emit(E.WorkerReady(spec.worker_id))
                 self._log("All containers running. Orchestrator started." if plan.mode == "container" else f"{n} worker(s) ready")
                 self._loop()
         except KeyboardInterrupt:
@@ -719,8 +916,9 @@ class _Run:
             self._log("interrupted: stopping workers (run again to resume; Ctrl-C is ignored until they have stopped)")
             self.stopping = True
             with contextlib.suppress(Exception):
-                with self._tx() as d:
-                    S.mark_stopped(d, "interrupted; run again to resume")
+                with self.changed:
+                    self._mark_stopped("interrupted; run again to resume")
+                    self.changed.notify_all()
             if self.launcher is not None:
                 self.launcher.stop_all()
             self._release_claims()
@@ -728,8 +926,8 @@ class _Run:
             # Our own failure (engine gone, git error, a bug): never leave a fleet waiting for a level advance
             # that will not come. Stop it, record why, and let the error reach the caller.
             with contextlib.suppress(Exception):
-                with self.store.transaction() as d:
-                    S.mark_stopped(d, _clip(f"orchestrator stopped: {exc}", 500))
+                with self.changed:
+                    self._mark_stopped(_clip(f"orchestrator stopped: {exc}", 500))
             if self.launcher is not None:
                 try:
                     self.launcher.stop_all()
@@ -739,6 +937,8 @@ class _Run:
                     self._release_claims()
                 with contextlib.suppress(Exception):
                     self.launcher.close(success=False)
+            with contextlib.suppress(Exception):
+                self.store.export()
             raise
         finally:
             fifo.close()
@@ -746,17 +946,18 @@ class _Run:
                 self.stopping = True
                 self.changed.notify_all()
             self.server.close()
-        data = self.store.read() or {}
-        status = data.get("status", "failed")
-        if status == S.RUNNING:  # every worker gone with work left
-            status = "failed"
-            with self.store.transaction() as d:
-                d.update(status="failed", message=d.get("message") or "all workers exited with work left; see the logs")
-            data = self.store.read() or {}
+        with self.changed:
+            self._sync()
+            if self._status() == S.RUNNING:  # every worker gone with work left
+                self._save(status="failed", message=self.run_doc.get("message") or "all workers exited with work left; see the logs")
         if self.launcher is not None:
-            self.launcher.close(success=status == "done")
+            self.launcher.close(success=self._status() == "done")
+        data = self.store.read() or {}
+        with contextlib.suppress(OSError):
+            self.store.export()
+        status = data.get("status", "failed")
         code = {"done": P.EXIT_DONE, "blocked": P.EXIT_BLOCKED, "stopped": P.EXIT_STOPPED}.get(status, P.EXIT_ERROR)
-        return RunResult(
+        result = RunResult(
             status=status,
             exit_code=code,
             message=data.get("message", ""),
@@ -766,42 +967,30 @@ class _Run:
             seconds=time.monotonic() - t0,
             usage=S.usage_summary(data),
         )
+        self._emit(E.RunFinished(result.status, result.exit_code, result.message, result.seconds))
+        return result
 
     def _release_claims(self) -> None:
         """Every worker is stopped: tasks still claimed (a worker killed before it could release them, e.g. a
         launch cut short) go back to pending, so the state shows what a resumed run will do."""
         with contextlib.suppress(Exception):
-            with self.store.transaction() as d:
-                for wid in sorted({t.get("worker") for t in d["tasks"].values() if t["status"] == S.CLAIMED}):
-                    S.release_worker(d, wid)
-
-    def _report_tasks(self) -> None:
-        """One line per task that finished (done/failed) since the last look: launch progress for the user."""
-        data = self.store.read() or {}
-        for tid, t in sorted(data.get("tasks", {}).items()):
-            status = t["status"]
-            if status in (S.DONE, S.FAILED) and self.reported.get(tid) != status:
-                self.reported[tid] = status
-                if status == S.DONE:
-                    self._log(f"task {tid} done by worker {t.get('worker')}" + (f" ({t['commit'][:10]})" if t.get("commit") else ""))
-                else:
-                    self._log(f"task {tid} FAILED: {t.get('error', '')}")
-            elif status not in (S.DONE, S.FAILED):
-                self.reported.pop(tid, None)
+            with self.changed:
+                for wid in sorted(w for w, held in self.held.items() if held):
+                    self._release(wid)
+                self._save()
 
     def _loop(self) -> None:
         while True:
-            self._report_tasks()
             self._finish_level_if_settled()
-            data = self.store.read() or {}
-            if data.get("status") in S.FINAL:
+            status = self._status()
+            if status in S.FINAL:
                 if not self.stopping:
                     with self.changed:
                         self.stopping = True
                         self.changed.notify_all()
-                    if data.get("status") == "stopped":  # e.g. `mahabharatha stop` asked through the state
+                    if status == "stopped":  # e.g. `mahabharatha stop` asked through the state
                         if not self.stopped_by_user:
-                            self._log(f"run stopped ({data.get('message') or 'stop requested'}): stopping the workers")
+                            self._log(f"run stopped ({self.run_doc.get('message') or 'stop requested'}): stopping the workers")
                         self.launcher.stop_all()
                 if not self.alive:
                     return
@@ -812,19 +1001,28 @@ class _Run:
                 event = self.events.get(timeout=wait)
             except queue.Empty:
                 # Safety net, not the mechanism: if an exit event was lost (e.g. the engine's event stream
-                # broke), ask for the exits directly.
-                for wid, code, oom in self.launcher.poll_exits(dict(self.alive)):
-                    self._on_exit(wid, code, oom)
+                # broke), ask for the exits directly; and look for writes of other processes.
+                with self.changed:
+                    self._sync()
+                for wid, code, oom, lost in self.launcher.poll_exits(dict(self.alive)):
+                    self._on_exit(wid, code, oom, lost)
                 continue
             kind = event[0]
             if kind == "state":
+                with self.changed:
+                    self._sync()
+                continue
+            if kind == "stop":
+                with self.changed:
+                    self._mark_stopped(event[1])
+                    self.changed.notify_all()
                 continue
             if kind == "die":  # container: read exit code and OOMKilled from the engine
                 _, wid, cid = event
                 if self.alive.get(wid) != cid:
                     continue  # an old container of this worker (replaced)
-                code, oom = self.launcher.exit_of(cid)
-                self._on_exit(wid, code, oom)
+                code, oom, lost = self.launcher.exit_of(cid)
+                self._on_exit(wid, code, oom, lost)
             elif kind == "exit":  # subprocess
                 _, wid, code, oom, pid = event
                 if self.alive.get(wid) != pid:
@@ -872,15 +1070,20 @@ def _ignore_interrupts() -> Callable[[], None]:
     return restore
 
 
-def orchestrate(
-    plan: LaunchPlan,
-    graph: TaskGraph,
-    *,
-    out: Callable[[str], None] = print,
-    client: Any = None,
-    keep_failed: bool = False,
-) -> RunResult:
-    """Run ``graph`` with the plan's workers until the run is done, blocked, failed or stopped."""
+def _prepared(
+    plan: LaunchPlan, graph: TaskGraph | None, *, out: Callable[[str], None] | None, client: DockerClient | None,
+    keep_failed: bool, on_event: Callable[[E.Event], None] | None,
+) -> _Run:
+    """Checks before any effect (graph, run branches checked out, engine, images, names), then the run."""
+    graph = graph if graph is not None else plan.graph
+    if graph is None:
+        from ..core.graph import graph_path
+        from ..errors import GraphError
+
+        raise GraphError(
+            f"{graph_path(plan.repo, plan.feature)}: no task graph for feature {plan.feature!r}, so the plan has none",
+            hint="run the design phase first, it writes the task graph; then plan again",
+        )
     if graph.feature != plan.feature:
         raise OrchestrationError(
             f"the task graph is for feature {graph.feature!r}, the launch for {plan.feature!r}",
@@ -892,13 +1095,135 @@ def orchestrate(
 
         # Engine, images and names first: a run that cannot start must not create the base branch or the
         # state (else the next attempt "resumes" a run that never began).
-        client = preflight(plan, client=client)
+        checked = preflight(plan, client=client)
 
         def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None]) -> Any:
-            return ContainerLauncher(p, events, o, client=client, keep_failed=keep_failed)
+            return ContainerLauncher(p, events, o, client=checked, keep_failed=keep_failed)
     else:
         factory = SubprocessLauncher
+    return _Run(plan, graph, out if out is not None else (lambda _line: None), factory, on_event)
+
+
+def _run_it(run: _Run) -> RunResult:
     try:
-        return _Run(plan, graph, out, factory).run()
-    except S.StateError as exc:  # a hand-edited or foreign state.json: one line, not a traceback
+        return run.run()
+    except S.StateError as exc:  # a hand-edited or foreign state: one line, not a traceback
         raise OrchestrationError(str(exc)) from None
+
+
+def orchestrate(
+    plan: LaunchPlan,
+    graph: TaskGraph | None = None,
+    *,
+    out: Callable[[str], None] = print,
+    client: DockerClient | None = None,
+    keep_failed: bool = False,
+    on_event: Callable[[E.Event], None] | None = None,
+) -> RunResult:
+    """Run ``graph`` (default: the plan's own) with the plan's workers until the run is done, blocked, failed
+    or stopped. ``out`` gets one text line per event that has one (:func:`mahabharatha.events.describe`),
+    ``on_event`` every :mod:`typed event <mahabharatha.events>`."""
+    return _run_it(_prepared(plan, graph, out=out, client=client, keep_failed=keep_failed, on_event=on_event))
+
+
+def execute(
+    plan: LaunchPlan,
+    *,
+    client: DockerClient | None = None,
+    keep_failed: bool = False,
+    on_event: Callable[[E.Event], None] | None = None,
+    out: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run the feature the plan describes, as ``mahabharatha kurukshetra`` does, and return its result.
+
+    Takes the feature's run lock; checks the engine, images and container names (container mode) before
+    anything changes; creates the base branch and the state (or resumes them); starts the workers; merges
+    each level into ``mahabharatha/<feature>/base``; applies the exit policy; stops and removes the containers
+    at the end (``keep_failed`` keeps them after a failure). Progress arrives as typed events through
+    ``on_event`` (see :mod:`mahabharatha.events`), and as text lines through ``out`` (default: none).
+
+    ``KeyboardInterrupt`` (Ctrl-C, or a signal the caller turns into one) stops the workers, removes the
+    containers, leaves the state resumable and returns a ``stopped`` result. ``client`` is a
+    ``docker.DockerClient`` (default: from the environment). Raises :class:`~mahabharatha.errors.GraphError`
+    when the plan has no task graph, and the other :class:`~mahabharatha.errors.MahabharathaError` subclasses for
+    anything the user can fix (one line each).
+    """
+    return orchestrate(plan, None, out=out if out is not None else (lambda _line: None), client=client,
+                       keep_failed=keep_failed, on_event=on_event)
+
+
+_DONE = object()
+
+
+class Run:
+    """``execute`` in a background thread, as a context manager and an iterator of events::
+
+        with mahabharatha.Run(plan) as run:
+            for event in run:            # typed events until the run finishes
+                print(event)
+        print(run.result)                # the RunResult
+
+    Leaving the block (normally, by an exception or Ctrl-C) stops the run if it still goes, waits for its
+    workers to stop and their containers to be removed, like testcontainers' containers do. :meth:`stop`
+    asks the run to stop from any thread (the result is then ``stopped``, resumable).
+    """
+
+    def __init__(
+        self, plan: LaunchPlan, *, client: DockerClient | None = None, keep_failed: bool = False,
+        out: Callable[[str], None] | None = None,
+    ) -> None:
+        self._events: queue.Queue[Any] = queue.Queue()
+        self._run = _prepared(plan, None, out=out, client=client, keep_failed=keep_failed, on_event=self._events.put)
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="mahabharatha-run", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            self.result = _run_it(self._run)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
+            self.error = exc
+        finally:
+            self._events.put(_DONE)
+
+    def start(self) -> Run:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> Run:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread.is_alive():
+            self.stop()
+        self._join()
+
+    def __iter__(self) -> Iterator[E.Event]:
+        while True:
+            event = self._events.get()
+            if event is _DONE:
+                return
+            yield event
+
+    def stop(self, message: str = "stopped by the caller; run again to resume") -> None:
+        """Ask the run to stop: it marks the run stopped, stops the workers and removes their containers."""
+        self._run.request_stop(message)
+
+    def _join(self) -> None:
+        while self._thread.is_alive():
+            try:
+                self._thread.join(timeout=0.5)
+            except KeyboardInterrupt:  # a second Ctrl-C: keep waiting, the cleanup must finish
+                self.stop()
+
+    def wait(self) -> RunResult:
+        """Block until the run ends; return its result (or raise its error)."""
+        try:
+            self._join()
+        except KeyboardInterrupt:
+            self.stop()
+            self._join()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result

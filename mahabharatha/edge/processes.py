@@ -37,8 +37,7 @@ def start_token(pid: int) -> str:
 def record(store: S.StateStore, worker_id: int, pid: int) -> None:
     """Note in the run state that worker ``worker_id`` is process ``pid`` on this host."""
     entry = {"pid": pid, "host": socket.gethostname(), "start": start_token(pid)}
-    with store.transaction() as data:
-        data.setdefault("processes", {})[str(worker_id)] = entry
+    store.set_process(worker_id, entry)
 
 
 def _alive(pid: int) -> bool:

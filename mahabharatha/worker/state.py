@@ -37,9 +37,10 @@ import fcntl
 import json
 import math
 import os
-import stat
 import re
+import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -237,65 +238,261 @@ _OPTIONAL_TASK_FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
-_MAX_STATE_BYTES = 256 << 20
+_SCHEMA_VERSION = 2  # PRAGMA user_version of state.db
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS run (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS processes (worker INTEGER PRIMARY KEY, doc TEXT NOT NULL)",
+)
+_TABLES = frozenset({"run", "tasks", "processes"})
+
+
+def _enc(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 class StateStore:
-    """``state.json`` + ``lock`` of one feature under ``state_dir``."""
+    """The run state of one feature under ``state_dir``: ``state.db``, SQLite (standard library).
+
+    One row per task (``tasks``: id, the task's record as JSON), one for the run (``run``: every top-level
+    field but ``tasks`` and ``processes``), one per recorded worker process (``processes``). The database is
+    in WAL mode; every write is one ``BEGIN IMMEDIATE`` transaction, committed with ``synchronous=FULL`` (an
+    fsync of the log), so a commit survives a host crash. Readers never block writers.
+
+    - :meth:`read` / :meth:`transaction` work on the whole document (the schema in this module's docstring,
+      validated on every read): for the CLI (``status``, ``retry``, ``stop``), a start or a resume. A
+      transaction writes back only the rows that changed and pokes the FIFO (so a running orchestrator notices).
+    - :meth:`write` changes named tasks and run fields only: the orchestrator's per-claim/finish path, whose
+      cost does not grow with the graph. :meth:`seq` tells whether someone else wrote since.
+    - :meth:`export` writes ``state.json`` (the same document, indented: for people and tools). An old
+      ``state.json`` (version 1) found without ``state.db`` is validated and imported (then renamed
+      ``state.json.v1``), or refused with one line naming the field.
+    """
 
     def __init__(self, state_dir: str, feature: str) -> None:
         self.dir = os.path.join(state_dir, feature)
-        self.path = os.path.join(self.dir, "state.json")
+        self.db_path = os.path.join(self.dir, "state.db")
+        self.path = os.path.join(self.dir, "state.json")  # the human-readable export (and the old format)
         self.lock_path = os.path.join(self.dir, "lock")
         # Held (flock) by the one orchestrator driving this feature; others probe it to tell a live run.
         self.run_lock_path = os.path.join(self.dir, "orchestrator.lock")
-        # A FIFO the orchestrator reads: every write pokes it, so the host wakes on state changes without
-        # polling (FIFOs work across bind mounts: one kernel). Missing or unread: the poke is skipped.
+        # A FIFO the orchestrator reads: a write by another process (stop, retry) pokes it, so the
+        # orchestrator wakes on state changes without polling. Missing or unread: the poke is skipped.
         self.fifo_path = os.path.join(self.dir, "events")
+        self._conn: Any = None
+        self._mutex = threading.RLock()
 
+    # -- connection ------------------------------------------------------------------------------------------
+    def _db(self, create: bool = False) -> Any:
+        import sqlite3
+
+        if self._conn is not None:
+            return self._conn
+        if not os.path.exists(self.db_path):
+            if not create:
+                return None
+            os.makedirs(self.dir, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous = FULL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version == 0 and not tables:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            elif version != _SCHEMA_VERSION or not _TABLES <= tables:
+                conn.close()
+                raise StateError(
+                    self.db_path, f"schema version {version} with tables {sorted(tables)}, expected version {_SCHEMA_VERSION}"
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StateError(self.db_path, f"not a run state database: {exc}") from None
+        del mode
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextlib.contextmanager
+    def _tx(self, create: bool = False) -> Iterator[Any]:
+        import sqlite3
+
+        with self._mutex:
+            conn = self._db(create=create)
+            if conn is None:
+                raise FileNotFoundError(self.db_path)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                raise StateError(self.db_path, f"cannot be written: {exc}") from None
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- the whole document ------------------------------------------------------------------------------------
     def exists(self) -> bool:
-        return os.path.exists(self.path)
+        return os.path.exists(self.db_path) or os.path.exists(self.path)
+
+    def _migrate(self) -> bool:
+        """Import an old ``state.json`` (version 1) when there is no database yet. True when one was imported."""
+        if os.path.lexists(self.db_path) or not os.path.lexists(self.path):
+            return False
+        data = _read_legacy(self.path)
+        if data is None:
+            return False
+        self.create(data, notify=False)
+        with contextlib.suppress(OSError):
+            os.replace(self.path, self.path + ".v1")
+        return True
 
     def read(self) -> dict[str, Any] | None:
-        """The current document without locking (atomic replace makes it consistent), or None.
+        """The whole document (validated: :class:`StateError` naming the field), or None when there is none."""
+        import sqlite3
 
-        Raises :class:`StateError` when the file is not a run state (only a hand edit or a foreign write can
-        do that: writes are atomic).
-        """
-        try:
-            # Never a symlink, a FIFO (it would hang) or a device; bounded.
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file where a parent dir should be
+        with self._mutex:
+            self._migrate()
+            conn = self._db()
+            if conn is None:
+                return None
+            try:
+                conn.execute("BEGIN")
+                try:
+                    data = self._load(conn)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise StateError(self.db_path, f"cannot be read: {exc}") from None
+        return data
+
+    def _load(self, conn: Any) -> dict[str, Any] | None:
+        row = conn.execute("SELECT doc FROM run WHERE id = 1").fetchone()
+        if row is None:
             return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise StateError(self.path, "it is a symlink") from None
-            raise StateError(self.path, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise StateError(self.path, "it is a directory")
-            if not stat.S_ISREG(st.st_mode):
-                raise StateError(self.path, "it is not a regular file")
-            with os.fdopen(fd, "rb", closefd=False) as fh:
-                raw = fh.read(_MAX_STATE_BYTES + 1)
-        except OSError as exc:
-            raise StateError(self.path, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
-        finally:
-            os.close(fd)
-        if len(raw) > _MAX_STATE_BYTES:
-            raise StateError(self.path, f"larger than {_MAX_STATE_BYTES >> 20} MiB")
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise StateError(self.path, "not UTF-8 text") from None
-        except (ValueError, RecursionError) as exc:
-            raise StateError(self.path, f"not valid JSON: {str(exc)[:200]}") from None
-        return _check(self.path, data)
+        data = self._decode(row[0], "the run")
+        data["tasks"] = {tid: self._decode(doc, f"task {tid!r}") for tid, doc in conn.execute("SELECT id, doc FROM tasks")}
+        procs = {str(w): self._decode(doc, f"process {w}") for w, doc in conn.execute("SELECT worker, doc FROM processes")}
+        if procs:
+            data["processes"] = procs
+        return _check(self.db_path, data)
 
-    def _write(self, data: dict[str, Any]) -> None:
-        data["updated"] = time.time()
-        data["seq"] = int(data.get("seq", 0)) + 1  # waiters compare this (mtimes can repeat within a tick)
+    def _decode(self, text: str, what: str) -> Any:
+        try:
+            return json.loads(text)
+        except (ValueError, TypeError) as exc:
+            raise StateError(self.db_path, f"{what}: not valid JSON: {exc}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict[str, Any]]:
+        """Read the document, yield it for changes, write back the rows that changed, all in one transaction.
+
+        Raises FileNotFoundError when there is no state yet."""
+        self._migrate()
+        with self._tx() as conn:
+            data = self._load(conn)
+            if data is None:
+                raise FileNotFoundError(self.db_path)
+            before_run = _enc(_run_part(data))
+            before_tasks = {tid: _enc(t) for tid, t in data["tasks"].items()}
+            before_procs = {k: _enc(v) for k, v in (data.get("processes") or {}).items()}
+            yield data
+            tasks = data["tasks"]
+            changed = [(tid, _enc(t)) for tid, t in tasks.items() if before_tasks.get(tid) != _enc(t)]
+            gone = [tid for tid in before_tasks if tid not in tasks]
+            procs = {k: _enc(v) for k, v in (data.get("processes") or {}).items()}
+            dirty = bool(changed or gone or procs != before_procs or _enc(_run_part(data)) != before_run)
+            if dirty:
+                conn.executemany("INSERT OR REPLACE INTO tasks (id, doc) VALUES (?, ?)", changed)
+                conn.executemany("DELETE FROM tasks WHERE id = ?", [(tid,) for tid in gone])
+                if procs != before_procs:
+                    conn.execute("DELETE FROM processes")
+                    conn.executemany("INSERT INTO processes (worker, doc) VALUES (?, ?)", [(int(k), v) for k, v in procs.items()])
+                self._bump(data)
+                conn.execute("INSERT OR REPLACE INTO run (id, doc) VALUES (1, ?)", (_enc(_run_part(data)),))
+        if dirty:
+            self.notify()
+
+    def create(self, data: dict[str, Any], *, notify: bool = True) -> None:
+        """Write a new document (replacing any)."""
+        _check(self.db_path, data)
+        with self._tx(create=True) as conn:
+            conn.execute("DELETE FROM tasks")
+            conn.execute("DELETE FROM processes")
+            self._bump(data)
+            conn.execute("INSERT OR REPLACE INTO run (id, doc) VALUES (1, ?)", (_enc(_run_part(data)),))
+            conn.executemany("INSERT INTO tasks (id, doc) VALUES (?, ?)", [(tid, _enc(t)) for tid, t in data["tasks"].items()])
+            conn.executemany(
+                "INSERT INTO processes (worker, doc) VALUES (?, ?)",
+                [(int(k), _enc(v)) for k, v in (data.get("processes") or {}).items()],
+            )
+        if notify:
+            self.notify()
+
+    @staticmethod
+    def _bump(run: dict[str, Any]) -> None:
+        run["updated"] = time.time()
+        run["seq"] = int(run.get("seq", 0)) + 1
+
+    # -- one row at a time (the orchestrator) ----------------------------------------------------------------
+    def read_run(self) -> dict[str, Any] | None:
+        """The run's fields (no tasks), or None when there is no state."""
+        with self._mutex:
+            if self._conn is None:
+                self._migrate()
+            conn = self._db()
+            if conn is None:
+                return None
+            row = conn.execute("SELECT doc FROM run WHERE id = 1").fetchone()
+        return None if row is None else self._decode(row[0], "the run")
+
+    def seq(self) -> int:
+        """The write counter (0 when there is no state, -1 when it cannot be read)."""
+        try:
+            run = self.read_run()
+        except (ValueError, OSError):
+            return -1
+        return int((run or {}).get("seq", 0))
+
+    def write(self, tasks: dict[str, dict[str, Any]], run: dict[str, Any] | None = None) -> tuple[int, int]:
+        """Replace the named task records and set the given run fields, in one transaction whose cost does not
+        depend on the number of tasks. Returns (seq before, seq after): a gap from the caller's last write means
+        another process wrote in between."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT doc FROM run WHERE id = 1").fetchone()
+            if row is None:
+                raise FileNotFoundError(self.db_path)
+            current = self._decode(row[0], "the run")
+            before = int(current.get("seq", 0))
+            current.update(run or {})
+            self._bump(current)
+            conn.executemany("INSERT OR REPLACE INTO tasks (id, doc) VALUES (?, ?)", [(tid, _enc(t)) for tid, t in tasks.items()])
+            conn.execute("UPDATE run SET doc = ? WHERE id = 1", (_enc(current),))
+        return before, int(current["seq"])
+
+    def set_process(self, worker_id: int, entry: dict[str, Any] | None) -> None:
+        """Record (or with None forget) worker ``worker_id``'s process (does not count as a state change)."""
+        with self._tx() as conn:
+            if entry is None:
+                conn.execute("DELETE FROM processes WHERE worker = ?", (worker_id,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO processes (worker, doc) VALUES (?, ?)", (worker_id, _enc(entry)))
+
+    def export(self) -> None:
+        """Write ``state.json``: the whole document, indented, replaced atomically (for people and tools)."""
+        data = self.read()
+        if data is None:
+            return
         fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -306,7 +503,6 @@ class StateStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self.notify()
 
     def notify(self) -> None:
         """Poke the orchestrator's FIFO (never blocks; nothing happens when nobody listens)."""
@@ -324,42 +520,55 @@ class StateStore:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the feature's lock (blocking)."""
+        """Hold the feature's lock file (blocking); kept for callers that serialise other work on it."""
         os.makedirs(self.dir, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # closing releases the flock
+            os.close(fd)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict[str, Any]]:
-        """Lock, read, yield the document for changes, write it back (when changed), unlock.
 
-        Raises FileNotFoundError when there is no state yet.
-        """
-        with self.lock():
-            data = self.read()
-            if data is None:
-                raise FileNotFoundError(self.path)
-            before = json.dumps(data, sort_keys=True)
-            yield data
-            if json.dumps(data, sort_keys=True) != before:
-                self._write(data)
+def _run_part(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in ("tasks", "processes")}
 
-    def create(self, data: dict[str, Any]) -> None:
-        """Write a new document (under the lock)."""
-        with self.lock():
-            self._write(data)
 
-    def seq(self) -> int:
-        """The write counter of the current document (0 when there is none)."""
-        try:
-            data = self.read()
-        except ValueError:
-            return -1
-        return int((data or {}).get("seq", 0))
+_MAX_STATE_BYTES = 256 << 20
+
+
+def _read_legacy(path: str) -> dict[str, Any] | None:
+    """An old ``state.json`` document, validated (StateError naming the field), or None when there is none.
+    Never a symlink, a FIFO (it would hang) or a device; bounded."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file where a parent dir should be
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(path, "it is a symlink") from None
+        raise StateError(path, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise StateError(path, "it is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(path, "it is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(_MAX_STATE_BYTES + 1)
+    except OSError as exc:
+        raise StateError(path, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > _MAX_STATE_BYTES:
+        raise StateError(path, f"larger than {_MAX_STATE_BYTES >> 20} MiB")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise StateError(path, "not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise StateError(path, f"not valid JSON: {str(exc)[:200]}") from None
+    return _check(path, data)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -100,3 +100,15 @@ def test_mistakes_are_one_line_exit_2(repo, tmp_path, config, args, fragment):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mahabharatha: error: ") and fragment in lines[0]
     assert "Traceback" not in result.stderr and KEY not in result.stderr and TOKEN not in result.stderr
+
+
+def test_dry_run_validates_the_task_graph(repo, tmp_path):
+    # The plan carries the graph, so the dry-run refuses what the run would refuse (task ids like T/1).
+    spec = repo / ".gsd" / "specs" / "feat"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "T/1", "level": 1}]}')
+    result = run(repo, tmp_path / "home", "--dry-run", "--feature", "feat")
+    assert result.returncode == 2 and "T/1" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    (spec / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "T1", "level": 1}]}')
+    result = run(repo, tmp_path / "home", "--dry-run", "--feature", "feat")
+    assert result.returncode == 0 and "Task graph: 1 tasks in 1 levels (validated)" in result.stdout, result.stderr

@@ -3,6 +3,8 @@ never a traceback. Real git repositories in tmp dirs; the engine is pointed nowh
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -51,8 +53,10 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
 
 
 def _state_file(repo: Path) -> Path:
+    """An old-format state.json (no state.db yet: the next read imports it, or refuses it naming the field)."""
     store = S.StateStore(str(repo / ".mahabharatha" / "state"), "feat")
-    store.create(S.new_state("feat", [("A", 1)]))
+    os.makedirs(store.dir, exist_ok=True)
+    Path(store.path).write_text(json.dumps(S.new_state("feat", [("A", 1)])))
     return Path(store.path)
 
 

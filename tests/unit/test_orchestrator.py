@@ -257,11 +257,9 @@ def test_work_of_an_earlier_run_with_more_workers_reaches_the_base(repo: Path) -
     first, lines = run(repo, tasks, workers=3)
     assert first.status == "done", lines
     git(repo, "branch", "-f", "mahabharatha/feat/base", "main")  # as if the level-1 merge never happened
-    state_file = repo / ".mahabharatha/state/feat/state.json"
-    state = json.loads(state_file.read_text())
-    state["tasks"]["D"].update(status="pending", commit="", worker=None)
-    state.update(status="running", level=1)
-    state_file.write_text(json.dumps(state))
+    with S.StateStore(str(repo / ".mahabharatha/state"), "feat").transaction() as state:
+        state["tasks"]["D"].update(status="pending", commit="", worker=None)
+        state.update(status="running", level=1)
     assert len({state["tasks"][t]["worker"] for t in "ABC"}) == 3  # level 1 was spread over the workers
     for t in "ABC":  # each worker branch holds only its own level-1 task, unmerged
         wt = repo.parent / ".mahabharatha-worktrees" / "feat" / f"worker-{state['tasks'][t]['worker']}"

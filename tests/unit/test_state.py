@@ -48,17 +48,68 @@ def test_no_claims_once_the_run_is_final() -> None:
     assert S.claim_next(data, 0) is None
 
 
-def test_transaction_writes_atomically_and_only_on_change(tmp_path: Path) -> None:
+def test_transaction_writes_only_on_change_and_the_export_is_the_document(tmp_path: Path) -> None:
     store = _store(tmp_path, tasks=3)
-    before = Path(store.path).stat().st_mtime_ns
+    before = store.seq()
     with store.transaction() as data:
         pass  # unchanged: no write
-    assert Path(store.path).stat().st_mtime_ns == before
+    assert store.seq() == before
     with store.transaction() as data:
         S.claim_next(data, 7)
+    assert store.seq() == before + 1
+    assert S.StateStore(str(tmp_path / "state"), "feat").read()["tasks"]["T000"]["worker"] == 7  # another reader
+    store.export()
     on_disk = json.loads(Path(store.path).read_text())
     assert on_disk["tasks"]["T000"]["worker"] == 7
-    assert sorted(os.listdir(store.dir)) == ["lock", "state.json"]  # no temp files left behind
+    assert not [n for n in os.listdir(store.dir) if n.endswith(".tmp")]  # no temp files left behind
+
+
+def test_write_changes_named_rows_only_and_reports_foreign_writes(tmp_path: Path) -> None:
+    store = _store(tmp_path, tasks=3)
+    seq = store.seq()
+    task = store.read()["tasks"]["T001"]
+    task.update(status="claimed", worker=2, attempts=1)
+    assert store.write({"T001": task}, {"level": 1}) == (seq, seq + 1)
+    other = S.StateStore(str(tmp_path / "state"), "feat")
+    with other.transaction() as data:  # e.g. `mahabharatha retry` from another process
+        data["message"] = "hi"
+    before, after = store.write({}, None)
+    assert before == seq + 2 and after == seq + 3  # the gap says someone else wrote
+    data = other.read()
+    assert data["tasks"]["T001"]["worker"] == 2 and data["message"] == "hi" and data["tasks"]["T000"]["status"] == "pending"
+
+
+def test_an_old_state_json_is_imported_once(tmp_path: Path) -> None:
+    store = S.StateStore(str(tmp_path / "state"), "feat")
+    os.makedirs(store.dir)
+    Path(store.path).write_text(json.dumps(S.new_state("feat", [("A", 1)])))
+    assert store.read()["tasks"]["A"]["status"] == "pending"
+    assert os.path.exists(store.db_path) and os.path.exists(store.path + ".v1") and not os.path.exists(store.path)
+
+
+def test_a_database_that_is_not_ours_is_one_state_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = S.StateStore(str(tmp_path / "state"), "feat")
+    os.makedirs(store.dir)
+    sqlite3.connect(store.db_path).execute("CREATE TABLE x (y)").connection.commit()
+    with pytest.raises(S.StateError, match="schema version 0") as info:
+        store.read()
+    assert "\n" not in str(info.value)
+    Path(store.db_path).write_bytes(b"not a database at all" * 100)
+    with pytest.raises(S.StateError, match="not a run state database"):
+        S.StateStore(str(tmp_path / "state"), "feat").read()
+
+
+def test_a_corrupt_row_is_one_state_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = _store(tmp_path, tasks=2)
+    conn = sqlite3.connect(store.db_path)
+    conn.execute("UPDATE tasks SET doc = ? WHERE id = 'T000'", (json.dumps({"level": 1, "status": "bogus"}),))
+    conn.commit()
+    with pytest.raises(S.StateError, match="task 'T000': field 'status' is \"bogus\""):
+        S.StateStore(str(tmp_path / "state"), "feat").read()
 
 
 def test_transaction_without_state_raises(tmp_path: Path) -> None:
@@ -259,8 +310,10 @@ def test_any_json_is_a_state_or_a_state_error(value: Any) -> None:
     ],
 )
 def test_corrupt_state_on_disk_is_one_state_error(tmp_path: Path, change: Any, expected: str) -> None:
-    store = _store(tmp_path, tasks=2)
-    data = json.loads(Path(store.path).read_text())
+    # An old state.json (no database yet) is validated before it is imported; a bad one is refused, untouched.
+    store = S.StateStore(str(tmp_path / "state"), "feat")
+    os.makedirs(store.dir)
+    data = S.new_state("feat", [("T000", 1), ("T001", 1)])
     change(data)
     Path(store.path).write_text(json.dumps(data))
     with pytest.raises(S.StateError) as info:
