@@ -127,7 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def console_main() -> None:
+    """The ``mahabharatha`` program: :func:`main`, then exit with its code. Once the command is done a late
+    Ctrl-C or SIGTERM (an impatient user pressing again) is ignored, so it cannot replace the exit status that
+    reports the run with a KeyboardInterrupt."""
+    sys.exit(main(exiting=True))
+
+
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     from ..errors import MahabharathaError
     from ..worker.state import StateError
 
@@ -173,8 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        if exiting and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
+        else:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _terminate_like_ctrl_c() -> dict[int, Any]:
