@@ -91,7 +91,7 @@ def one_run(workers: int, args: argparse.Namespace, client: object) -> tuple[flo
         t0 = time.perf_counter()
 
         def out(line: str) -> None:
-            if line.endswith("ready"):
+            if line.endswith("ready") or "All containers running" in line:
                 marks["ready"] = time.perf_counter()
 
         try:

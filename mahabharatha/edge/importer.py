@@ -19,11 +19,8 @@ Then the destination ref (always under the run's namespaces) moves, compare-and-
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable
 
 import msgspec
@@ -32,7 +29,7 @@ from ..errors import MahabharathaError
 from ..worker import protocol as P
 from .git import HARDENING, _run, git, git_ok
 
-__all__ = ["ImportRejected", "Imported", "verdict", "parse_heads", "import_bundle"]
+__all__ = ["ImportRejected", "Imported", "verdict", "parse_heads", "import_bundle", "adopt", "discard"]
 
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _INDEX_TIMEOUT_S = 120
@@ -113,7 +110,7 @@ def import_bundle(
     *,
     expected_ref: str,
     commit: str,
-    dest_ref: str,
+    dest_ref: str | None,
     incoming_ref: str,
     start: str | None = None,
     foreign: dict[str, str] | None = None,
@@ -126,34 +123,21 @@ def import_bundle(
     """
     if len(bundle) > P.MAX_BUNDLE_BYTES:
         raise ImportRejected(f"a bundle of {len(bundle)} bytes, over the limit of {P.MAX_BUNDLE_BYTES}")
-    fd, path = tempfile.mkstemp(prefix="mahabharatha-import-", suffix=".bundle")
+    prerequisites, heads, pack = _parse_bundle(bundle)
+    early = verdict(
+        heads=heads, expected_ref=expected_ref, commit=commit, start=None,
+        descends=lambda a, b: True, changed=lambda: (), foreign={},
+    )
+    if early:
+        raise ImportRejected(early)
+    _index_strictly(repo, prerequisites, pack)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(bundle)
-        try:
-            listed = git(repo, "bundle", "list-heads", path, check=False)
-        except UnicodeDecodeError:  # git echoes a garbled header's bytes
-            raise ImportRejected("not a git bundle (its header is not text)") from None
-        heads = parse_heads(listed)
-        early = verdict(
-            heads=heads, expected_ref=expected_ref, commit=commit, start=None,
-            descends=lambda a, b: True, changed=lambda: (), foreign={},
-        )
-        if early:
-            raise ImportRejected(early)
-        _index_strictly(repo, bundle)
-        try:
-            git(repo, "update-ref", incoming_ref, heads[0][0])
-        except MahabharathaError as exc:
-            raise ImportRejected(f"git refused the bundle: {str(exc).rsplit(': ', 1)[-1][:200]}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        git(repo, "update-ref", incoming_ref, commit)
+    except MahabharathaError as exc:
+        raise ImportRejected(f"git refused the bundle: {str(exc).rsplit(': ', 1)[-1][:200]}") from None
+    adopted = False
     try:
         _check_sizes(repo, commit)
-        got = git(repo, "rev-parse", "--verify", "--quiet", f"{incoming_ref}^{{commit}}", check=False)
-        if got != commit:
-            raise ImportRejected(f"the bundle's commit {got[:12] or '(none)'} is not the claimed {commit[:12]}")
         reason = verdict(
             heads=heads, expected_ref=expected_ref, commit=commit, start=start,
             descends=lambda a, b: git_ok(repo, "merge-base", "--is-ancestor", a, b),
@@ -164,10 +148,53 @@ def import_bundle(
             if keep_rejected_at:
                 git(repo, "update-ref", keep_rejected_at, commit)
             raise ImportRejected(reason)
-        git(repo, "update-ref", dest_ref, commit)
+        if dest_ref is None:  # the caller adopts it (adopt()), e.g. once it checked it still owns the task
+            adopted = True
+            return Imported(commit=commit, ref=incoming_ref)
+        adopt(repo, incoming_ref, dest_ref, commit)
+        adopted = True
         return Imported(commit=commit, ref=dest_ref)
     finally:
-        git(repo, "update-ref", "-d", incoming_ref, check=False)
+        if not adopted:
+            git(repo, "update-ref", "-d", incoming_ref, check=False)
+
+
+def adopt(repo: str, incoming_ref: str, dest_ref: str, commit: str) -> None:
+    """Move ``dest_ref`` to a verified result waiting at ``incoming_ref`` and drop the latter, in one ref
+    transaction."""
+    git(repo, "update-ref", "--stdin", input=f"update {dest_ref} {commit}\ndelete {incoming_ref}\n")
+
+
+def discard(repo: str, incoming_ref: str) -> None:
+    """Drop a verified result that will not be adopted (its objects stay unreachable until git's gc)."""
+    git(repo, "update-ref", "-d", incoming_ref, check=False)
+
+
+def _parse_bundle(bundle: bytes) -> tuple[list[str], list[tuple[str, str]], bytes]:
+    """A bundle's prerequisites, heads and pack, read in Python (git is never handed a malformed header)."""
+    header, sep, pack = bundle.partition(b"\n\n")
+    if not sep or not bundle.startswith(_BUNDLE_SIGNATURES):
+        raise ImportRejected("git refused the bundle: not a git bundle (v2 or v3)")
+    try:
+        lines = header.decode("utf-8").split("\n")[1:]
+    except UnicodeDecodeError:
+        raise ImportRejected("not a git bundle (its header is not text)") from None
+    prerequisites: list[str] = []
+    heads: list[tuple[str, str]] = []
+    for line in lines:
+        if line.startswith("@"):  # v3 capabilities
+            if line.startswith("@filter"):
+                raise ImportRejected("git refused the bundle: a filtered (partial) bundle")
+            continue
+        if line.startswith("-"):
+            need = line[1:].split(" ", 1)[0]
+            if not _SHA.fullmatch(need):
+                raise ImportRejected(f"git refused the bundle: a prerequisite {need[:50]!r} that is not a commit id")
+            prerequisites.append(need)
+            continue
+        sha, _, ref = line.partition(" ")
+        heads.append((sha, ref))
+    return prerequisites, heads, pack
 
 
 def _check_sizes(repo: str, commit: str) -> None:
@@ -195,16 +222,13 @@ def _check_sizes(repo: str, commit: str) -> None:
         raise ImportRejected(f"it adds {total >> 20} MiB of files, over the limit of {P.MAX_RESULT_BYTES >> 20} MiB")
 
 
-def _index_strictly(repo: str, bundle: bytes) -> None:
-    """Add the bundle's objects to ``repo`` through ``git index-pack --strict`` (fsck of every object, links
+def _index_strictly(repo: str, prerequisites: list[str], pack: bytes) -> None:
+    """Add the pack's objects to ``repo`` through ``git index-pack --strict`` (fsck of every object, links
     included), after checking that ``repo`` has the commits the bundle needs. Raises :class:`ImportRejected`."""
-    header, sep, pack = bundle.partition(b"\n\n")
-    if not sep or not bundle.startswith(_BUNDLE_SIGNATURES):
-        raise ImportRejected("git refused the bundle: not a git bundle (v2 or v3)")
-    for line in header.split(b"\n")[1:]:
-        if line.startswith(b"-"):
-            need = line[1:].split(b" ", 1)[0].decode("ascii", "replace")
-            if not _SHA.fullmatch(need) or not git_ok(repo, "cat-file", "-e", f"{need}^{{commit}}"):
+    if prerequisites:
+        found = git(repo, "cat-file", "--batch-check=%(objecttype)", input="".join(f"{p}\n" for p in prerequisites))
+        for need, kind in zip(prerequisites, found.splitlines()):
+            if kind.strip() != "commit":
                 raise ImportRejected(f"git refused the bundle: it needs commit {need[:12]!r}, which the repository does not have")
     try:
         proc = _run(["git", "-C", repo, *HARDENING, "index-pack", "--stdin", "--fix-thin", "--strict"], input=pack,

@@ -31,6 +31,7 @@ import signal
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,7 +48,7 @@ from ..worker import state as S
 from . import worktrees as _worktrees
 from .channel import ChannelServer
 from .git import git, git_ok
-from .importer import ImportRejected, import_bundle
+from .importer import ImportRejected, adopt, discard, import_bundle
 from .launchers import ContainerLauncher, SubprocessLauncher
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -286,6 +287,7 @@ class _Run:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.claims: dict[int, _Claim] = {}
+        self._subjects: dict[str, str] = {}  # commit -> subject, for prompts naming what dependencies did
         self.last_task: dict[int, str] = {}  # worker id -> the task it claimed last (exit 2 names it)
         self.server: ChannelServer | None = None
         # Workers that may keep leftovers (``park``): once per container start, before its first claim. The
@@ -630,7 +632,9 @@ class _Run:
         for dep_id in self.task_of[task_id].dependencies:
             dep = self.task_of[dep_id]
             commit = str((self.tasks.get(dep_id) or {}).get("commit") or "")
-            subject = git(self.plan.repo, "log", "-1", "--format=%s", commit, check=False) if commit else ""
+            subject = self._subjects.get(commit) if commit else ""
+            if subject is None:
+                subject = self._subjects[commit] = git(self.plan.repo, "log", "-1", "--format=%s", commit, check=False)
             deps.append({"id": dep_id, "title": dep.title, "files": list(dep.files.owned), "subject": subject[:200]})
         return {"dependencies": deps}
 
@@ -662,40 +666,50 @@ class _Run:
         spec = self.plan.workers[wid]
         feature = self.plan.feature
         failed_ref = P.failed_ref(feature, task_id)
-        # Under the lock from the ownership check to the state write: a task the timeout failed meanwhile must
-        # not reach the worker branch (and so the base).
         with self.changed:
             if not self._owns(wid, task_id):
                 return {"ok": True, "status": "lost", "error": f"task {task_id} is no longer claimed by worker {wid}"}
             claim = self.claims[wid]
-            incoming = f"refs/mahabharatha/incoming/{feature}/worker-{wid}"
-            if status == S.DONE and commit:
-                try:
-                    if blob is None:
-                        raise ImportRejected("a commit without its bundle")
-                    import_bundle(
-                        self.plan.repo, blob, expected_ref=f"refs/heads/{spec.worktree.branch}", commit=commit,
-                        dest_ref=f"refs/heads/{spec.worktree.branch}", incoming_ref=incoming, start=claim.start,
-                        foreign=self._foreign(task_id, claim.level), keep_rejected_at=failed_ref,  # type: ignore[arg-type]
-                    )
-                    self.tips[wid] = commit
-                except ImportRejected as exc:
-                    status = S.FAILED
-                    kept = git_ok(self.plan.repo, "rev-parse", "--verify", "--quiet", failed_ref)
-                    error = _clip(f"result rejected: {exc}" + (f" (work kept at {failed_ref})" if kept else ""), 480)
-                    commit = ""
-            elif status == S.FAILED:
-                if commit and blob is not None:
-                    try:
-                        import_bundle(
-                            self.plan.repo, blob, expected_ref=P.PARK_REF, commit=commit, dest_ref=failed_ref,
-                            incoming_ref=incoming,
-                        )
-                        error = _clip(error, 400) + f" (work kept at {failed_ref})"
-                    except ImportRejected as exc:
-                        error = _clip(error, 300) + f" (its work could not be kept: {_clip(str(exc), 150)})"
+        # Verified outside the lock (other workers claim and finish meanwhile), in an incoming ref of its own;
+        # adopted onto the worker branch below, under the lock, only if the task is still this worker's: a
+        # task the timeout failed meanwhile must not reach the worker branch (and so the base).
+        incoming = f"refs/mahabharatha/incoming/{feature}/worker-{wid}-{uuid.uuid4().hex[:8]}"
+        verified = False
+        if status == S.DONE and commit:
+            try:
+                if blob is None:
+                    raise ImportRejected("a commit without its bundle")
+                import_bundle(
+                    self.plan.repo, blob, expected_ref=f"refs/heads/{spec.worktree.branch}", commit=commit,
+                    dest_ref=None, incoming_ref=incoming, start=claim.start,
+                    foreign=self._foreign(task_id, claim.level), keep_rejected_at=failed_ref,  # type: ignore[arg-type]
+                )
+                verified = True
+            except ImportRejected as exc:
+                status = S.FAILED
+                kept = git_ok(self.plan.repo, "rev-parse", "--verify", "--quiet", failed_ref)
+                error = _clip(f"result rejected: {exc}" + (f" (work kept at {failed_ref})" if kept else ""), 480)
                 commit = ""
-                error = error or "failed"
+        elif status == S.FAILED:
+            if commit and blob is not None:
+                try:
+                    import_bundle(
+                        self.plan.repo, blob, expected_ref=P.PARK_REF, commit=commit, dest_ref=failed_ref,
+                        incoming_ref=incoming,
+                    )
+                    error = _clip(error, 400) + f" (work kept at {failed_ref})"
+                except ImportRejected as exc:
+                    error = _clip(error, 300) + f" (its work could not be kept: {_clip(str(exc), 150)})"
+            commit = ""
+            error = error or "failed"
+        with self.changed:
+            if not self._owns(wid, task_id) or self.claims.get(wid) is not claim:
+                if verified:
+                    discard(self.plan.repo, incoming)
+                return {"ok": True, "status": "lost", "error": f"task {task_id} is no longer claimed by worker {wid}"}
+            if verified:
+                adopt(self.plan.repo, incoming, f"refs/heads/{spec.worktree.branch}", commit)
+                self.tips[wid] = commit
             task = self._set(task_id, status=status, commit=commit, error=error[:500])
             self._add_cost(task, message.get("usage"))
             if status == S.DONE:

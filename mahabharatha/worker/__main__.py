@@ -523,7 +523,7 @@ class Worker:
         blob = repo.bundle(repo.ref, commit, start) if commit else None
         reply = self.ask("finish", blob, task=task_id, status="done", commit=commit or "", **extra)
         if reply.get("status") == "done":
-            repo.checkout(commit or start)
+            repo.checkout(commit or start, known_clean=bool(commit))
             say(f"[worker {self.worker_id}] task {task_id} done{' (' + commit[:10] + ')' if commit else ' (no changes)'}")
         else:  # the orchestrator rejected the result (or the task was taken away meanwhile)
             repo.checkout(start)

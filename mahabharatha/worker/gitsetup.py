@@ -47,6 +47,7 @@ class Repo:
         self.branch = branch
         self.ref = f"refs/heads/{branch}"
         self.alternates = alternates
+        self.clean_at: str | None = None  # the commit branch, index and work tree are known to equal (no git asked)
 
     def git(self, *args: str, check: bool = True, input: str | None = None, bare: bool = False) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ)
@@ -120,23 +121,30 @@ class Repo:
                 f"{path} is {size >> 20} MiB, over the limit of {P.MAX_RESULT_FILE_BYTES >> 20} MiB for a file of a "
                 "task's result (keep it out of the workspace or list it in .gitignore)"
             )
+        self.clean_at = None  # from here on the work tree may differ from the branch
         self.git("add", "-A")
         tree = self.git("write-tree").stdout.strip()
         if tree == self.git("rev-parse", f"{parent}^{{tree}}").stdout.strip():
             return None
         return self.git("commit-tree", tree, "-p", parent, "-m", message).stdout.strip()
 
-    def checkout(self, commit: str) -> None:
+    def checkout(self, commit: str, *, known_clean: bool = False) -> None:
         """Make the branch, index and work tree ``commit`` (files the commit does not track and the index did
-        not know stay, as with ``git reset --hard``)."""
-        self.git("update-ref", self.ref, commit)
-        self.git("reset", "-q", "--hard", commit)
+        not know stay, as with ``git reset --hard``). ``known_clean``: they are known to equal it already (the
+        work tree was just committed as ``commit``), so only the branch moves."""
+        if known_clean:
+            self.git("update-ref", self.ref, commit)
+        elif self.clean_at != commit:
+            self.git("update-ref", self.ref, commit)
+            self.git("reset", "-q", "--hard", commit)
+        self.clean_at = commit
 
     def apply(self, commit: str) -> bool:
         """Put ``commit``'s changes (against its parent) into the work tree, uncommitted; False when they do
         not apply (nothing is changed then)."""
         if not self.has(commit):
             return False
+        self.clean_at = None
         if self.git("cherry-pick", "--no-commit", commit, check=False).returncode == 0:
             return True
         self.git("cherry-pick", "--abort", check=False)
