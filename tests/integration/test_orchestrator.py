@@ -277,3 +277,34 @@ def test_stopping_one_container_does_not_hold_up_the_orchestrator(make_plan: Any
         assert docker_client.api.inspect_container(launcher.current(0))["State"]["Running"]
     finally:
         launcher.close(success=True)  # removes the container (the fixture would too)
+
+
+def test_a_container_removed_by_hand_is_a_lost_worker_and_its_task_is_retried(
+    git_repo: Path, make_plan: Any, docker_client: Any
+) -> None:
+    """`docker rm -f` of a worker mid-task: not an abort, not "raise the memory limit": the worker is restarted
+    once Docker frees its name and the task runs again."""
+    graph = write_graph(git_repo, [
+        task("slow", 1, create=("s.txt",), sleep={"1": 60}),
+        task("next", 2, ("slow",), create=("n.txt",)),
+    ])
+    plan = make_plan(1, config=config())
+    box: dict[str, Any] = {}
+    lines: list[str] = []
+    runner = threading.Thread(target=lambda: box.update(result=orchestrate(plan, graph, out=lines.append, client=docker_client)))
+    runner.start()
+    store = S.StateStore(plan.state_dir, "feat")
+    deadline = time.monotonic() + 120
+    while (store.read() or {"tasks": {}})["tasks"].get("slow", {}).get("status") != "claimed":
+        assert time.monotonic() < deadline and runner.is_alive(), lines
+        time.sleep(0.1)
+    time.sleep(0.5)  # the agent is at work
+    docker_client.api.remove_container(plan.workers[0].name, force=True)
+    runner.join(timeout=180)
+    result = box["result"]
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    tasks = state_of(git_repo)["tasks"]
+    assert tasks["slow"]["status"] == "done" and tasks["slow"]["attempts"] == 2, tasks
+    assert any("container removed: a lost worker" in line for line in lines), lines
+    assert "container_memory_limit" not in " ".join(lines) + tasks["slow"]["error"], lines  # not blamed on memory
+    assert {"s.txt", "n.txt"} <= set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())

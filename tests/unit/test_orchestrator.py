@@ -418,3 +418,22 @@ def test_subprocess_workers_get_credentials_from_dotenv(repo: Path, tmp_path: Pa
     env = worker_env_for_host(p, p.workers[0], base_env={})
     assert env["ANTHROPIC_API_KEY"] == key
     assert key not in repr(p)
+
+
+def test_a_task_that_always_reaches_its_context_limit_fails_naming_the_fix_and_retry_puts_it_back(repo: Path) -> None:
+    """Exit 2 on every attempt: the restarts are bounded, the task fails saying why and what to do, the run
+    ends (not "all workers exited with work left"), and `retry` makes it pending again."""
+    from mahabharatha.cli import main
+
+    always = {str(n): 2 for n in range(1, 40)}
+    result, lines = run(repo, [task("big", 1, create=("b.txt",), exit=always)], workers=1)
+    assert (result.status, result.exit_code) == ("failed", 1), lines
+    state = json.loads((repo / ".mahabharatha/state/feat/state.json").read_text())
+    error = state["tasks"]["big"]["error"]
+    assert "context limit reached on" in error and "split it" in error and "mahabharatha retry" in error, error
+    assert "all workers exited with work left" not in result.message
+    assert main(["retry", "--repo", str(repo), "--feature", "feat", "big"]) == 0
+    from mahabharatha.worker import state as S
+
+    data = S.StateStore(str(repo / ".mahabharatha" / "state"), "feat").read()
+    assert data is not None and data["tasks"]["big"]["status"] == "pending"
