@@ -400,11 +400,13 @@ class Worker:
             return
         else:
             parent = start
+        message = f"interrupted work of worker {self.worker_id} (uncommitted when it stopped)"
         try:
-            leftover = repo.snapshot(parent, f"interrupted work of worker {self.worker_id} (uncommitted when it stopped)")
+            leftover = repo.snapshot(parent, message)
         except gitsetup.TooBig as exc:
-            say(f"[worker {self.worker_id}] leftovers of an interrupted task not kept: {exc}")
-            return
+            say(f"[worker {self.worker_id}] dropping what cannot be kept of an interrupted task: {exc}")
+            repo.drop_oversized()
+            leftover = repo.snapshot(parent, message)
         if leftover is None and parent != start and not repo.git(
             "merge-base", "--is-ancestor", parent, start, check=False
         ).returncode == 0:
@@ -512,8 +514,9 @@ class Worker:
             try:
                 parked = repo.snapshot(start, f"{task_id} (failed): {title}")
             except gitsetup.TooBig:
-                parked = None
-                error += " (its work was not kept: a file is too big)"
+                dropped = repo.drop_oversized()
+                error += f" (not kept, too big: {', '.join(dropped)[:200]})"
+                parked = repo.snapshot(start, f"{task_id} (failed): {title}")
             blob = repo.bundle(P.PARK_REF, parked, start) if parked else None
             reply = self.ask("finish", blob, task=task_id, status="failed", error=error, commit=parked or "", **extra)
             repo.checkout(start)

@@ -110,6 +110,17 @@ class Repo:
                 big.append((path, st.st_size))
         return big
 
+    def drop_oversized(self) -> list[str]:
+        """Delete the files :meth:`oversized` names (they can never be part of a result); their paths."""
+        dropped = []
+        for path, _size in self.oversized():
+            try:
+                os.unlink(os.path.join(self.workspace, path))
+                dropped.append(path)
+            except OSError:
+                pass
+        return dropped
+
     def snapshot(self, parent: str, message: str) -> str | None:
         """A commit of the whole work tree (untracked files included, ignored ones not) on top of ``parent``,
         or None when the tree equals ``parent``'s. Nothing is checked out or moved. Raises :class:`TooBig`
@@ -137,6 +148,8 @@ class Repo:
         elif self.clean_at != commit:
             self.git("update-ref", self.ref, commit)
             self.git("reset", "-q", "--hard", commit)
+            # Untracked files left by a failed task go too (its work was kept on a ref first); ignored ones stay.
+            self.git("clean", "-q", "-f", "-d")
         self.clean_at = commit
 
     def apply(self, commit: str) -> bool:
