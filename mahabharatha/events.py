@@ -23,7 +23,11 @@ event                  when
 ``task_done``          a task's result was verified and imported (``commit``, "" when it changed nothing)
 ``task_failed``        a task failed (``reason``)
 ``level_merged``       a level settled and was merged (``counts`` per status, ``merged`` branches)
-``level_started``      the run moved on to a level
+``level_started``      the run moved on to a level (``base``: the base branch's commit the level starts
+                       from, "" when unknown)
+``task_usage``         what a task's attempt cost, as its agent reported it (tokens, ``cost_usd``, model)
+``run_stopping``       the run is stopping (``message`` says why: a signal, ``mahabharatha stop``, a budget);
+                       a later run resumes it (``run_started`` with ``resumed``)
 ``notice``             anything else worth a line (``text``), e.g. a rejected checkpoint
 ``run_finished``       the run ended (``status``, ``exit_code``, ``message``, ``seconds``)
 =====================  ==============================================================================
@@ -48,6 +52,8 @@ __all__ = [
     "LevelMerged",
     "LevelStarted",
     "Notice",
+    "TaskUsage",
+    "RunStopping",
     "RunFinished",
     "describe",
 ]
@@ -64,6 +70,7 @@ class RunStarted(_Event, tag="run_started"):
     resumed: bool = False
     done: int = 0
     level: int = 0
+    base: str = ""  # the base branch's commit when the run (and so its current level) starts
 
 
 class WorkersStarting(_Event, tag="workers_starting"):
@@ -120,10 +127,26 @@ class LevelMerged(_Event, tag="level_merged"):
 
 class LevelStarted(_Event, tag="level_started"):
     level: int
+    base: str = ""  # the base branch's commit the level starts from (its diff's left side)
 
 
 class Notice(_Event, tag="notice"):
     text: str
+
+
+class TaskUsage(_Event, tag="task_usage"):
+    task: str
+    worker: int | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: float = 0.0
+    model: str = ""
+
+
+class RunStopping(_Event, tag="run_stopping"):
+    message: str
 
 
 class RunFinished(_Event, tag="run_finished"):
@@ -135,7 +158,7 @@ class RunFinished(_Event, tag="run_finished"):
 
 Event = Union[
     RunStarted, WorkersStarting, WorkerStarted, WorkerReady, WorkerExited, TaskClaimed, TaskDone, TaskFailed,
-    LevelMerged, LevelStarted, Notice, RunFinished,
+    LevelMerged, LevelStarted, Notice, TaskUsage, RunStopping, RunFinished,
 ]
 
 
@@ -162,4 +185,4 @@ def describe(event: Event) -> str | None:
         return f"level {event.level} started"
     if isinstance(event, Notice):
         return event.text
-    return None  # WorkerReady, TaskClaimed, RunFinished (the CLI prints a summary of the result instead)
+    return None  # WorkerReady, TaskClaimed, TaskUsage, RunStopping (its own lines say it), RunFinished (the CLI prints a summary of the result instead)

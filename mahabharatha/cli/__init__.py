@@ -24,6 +24,7 @@ _HANDLERS = {
     "demo": "launch:cmd_demo",
     "status": "ops:cmd_status",
     "logs": "ops:cmd_logs",
+    "events": "watch:cmd_events",
     "retry": "ops:cmd_retry",
     "stop": "cleanup:cmd_stop",
     "cleanup": "cleanup:cmd_cleanup",
@@ -98,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output while a run is in progress")
     p.add_argument("--tail", type=_non_negative_int, default=None, help="only the last N lines")
+
+    p = sub.add_parser("events", help="the feature's event journal (.mahabharatha/journal/<feature>.jsonl)")
+    _repo_args(p)
+    p.add_argument("--feature")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events while a run is in progress")
+    p.add_argument("--json", action="store_true", help="print the journal's raw JSON lines")
 
     p = sub.add_parser("retry", help="put failed tasks (or one TASK) back to pending")
     _repo_args(p)

@@ -48,6 +48,7 @@ from . import worktrees as _worktrees
 from .channel import ChannelServer
 from .git import git, git_ok
 from .importer import ImportRejected, import_bundle
+from .journal import JournalWriter
 from .launchers import ContainerLauncher, SubprocessLauncher
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -304,6 +305,8 @@ class _Run:
         self.cost = 0.0
         self.dirty: set[str] = set()
         self.my_seq = 0
+        self.journal: JournalWriter | None = None  # open while the run holds its lock
+        self.stop_announced = False
 
     # -- the state in memory ---------------------------------------------------------------------------------
     def _load(self, data: dict[str, Any]) -> None:
@@ -400,6 +403,12 @@ class _Run:
         return [spec.worktree.branch for spec in self.plan.workers]
 
     def _emit(self, event: E.Event) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.append(event)
+            except OSError as exc:  # a full disk must not take the run down: say it once, go on without
+                self.journal = None
+                self.out(f"note: the event journal stopped being written: {exc}")
         if self.on_event is not None:
             with contextlib.suppress(Exception):  # a broken callback must not take the run down
                 self.on_event(event)
@@ -439,7 +448,7 @@ class _Run:
             self._emit(E.LevelMerged(level, counts, tuple(merged), self.plan.base_branch))
             if self._status() != S.RUNNING:
                 return
-            self._emit(E.LevelStarted(self.run_doc["level"]))
+            self._emit(E.LevelStarted(self.run_doc["level"], self._base_commit()))
 
     def _settle_locked(self) -> None:
         """The in-memory :func:`settle_level`: block dependants of failures, advance or end, in one write."""
@@ -487,7 +496,34 @@ class _Run:
         if self._status() != S.RUNNING:
             return False
         self._save(status="stopped", message=message)
+        self._stopping_event(message)
         return True
+
+    def _stopping_event(self, message: str) -> None:
+        if not self.stop_announced:
+            self.stop_announced = True
+            self._emit(E.RunStopping(message))
+
+    def _base_commit(self) -> str:
+        return git(self.plan.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{self.plan.base_branch}", check=False)
+
+    def _usage_event(self, tid: str, wid: int | None, usage: Any) -> None:
+        """One attempt's usage as a ``task_usage`` event (only bounded numbers: the worker's report is untrusted)."""
+        if not isinstance(usage, dict):
+            return
+        counted: dict[str, Any] = {}
+        for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
+                counted[key] = value
+        cost = usage.get("cost_usd")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool) and 0 <= cost < 10**6:
+            counted["cost_usd"] = round(float(cost), 6)
+        model = usage.get("model")
+        if isinstance(model, str):
+            counted["model"] = model[:80]
+        if counted:
+            self._emit(E.TaskUsage(tid, wid, **counted))
 
     def _release(self, wid: int, status: str = S.PENDING, error: str = "") -> list[str]:
         """The tasks ``wid`` holds go to ``status`` (in memory; the caller saves)."""
@@ -669,6 +705,7 @@ class _Run:
                 error = error or "failed"
             task = self._set(task_id, status=status, commit=commit, error=error[:500])
             self._add_cost(task, message.get("usage"))
+            self._usage_event(task_id, wid, message.get("usage"))
             if status == S.DONE:
                 task.pop("checkpoint", None)
             self._check_budget()
@@ -694,6 +731,7 @@ class _Run:
                 message=f"cost budget reached: ${self.cost:.2f} of workers.max_cost_usd=${budget:g}; raise it and run again to resume",
             )
             self._save(status=self.run_doc["status"], message=self.run_doc["message"])
+            self._stopping_event(self.run_doc["message"])
 
     def _checkpoint(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
         """The worker's agent reached its context threshold: keep the work so far (verified like any result)
@@ -722,6 +760,7 @@ class _Run:
                 task_id, checkpoint=kept, error=_clip(f"checkpoint after {str(message.get('reason') or 'the context limit')}", 300)
             )
             self._add_cost(task, message.get("usage"))
+            self._usage_event(task_id, wid, message.get("usage"))
             self._check_budget()
             self._save()
             self.claims.pop(wid, None)
@@ -840,9 +879,15 @@ class _Run:
                     f"another `mahabharatha kurukshetra` is running feature {self.plan.feature} in {self.plan.repo}",
                     hint="wait for it, or stop it with `mahabharatha stop`",
                 ) from None
+            # Under the lock: one run appends to the feature's journal at a time (a resumed run continues it).
+            self.journal = JournalWriter(self.plan.repo, self.plan.feature)
             return self._run()
         finally:
             self._restore_signals()  # Ctrl-C works again once the workers are stopped and closed
+            journal, self.journal = self.journal, None
+            if journal is not None:
+                with contextlib.suppress(OSError):
+                    journal.close()  # fsync: the run's record survives a crash of the machine
             os.close(lock_fd)
             self.store.close()
 
@@ -854,7 +899,10 @@ class _Run:
         with self.lock:
             self._load(self.store.read() or data)
         done = sum(c.get(S.DONE, 0) for c in self.counts.values())
-        self._emit(E.RunStarted(plan.feature, len(self.tasks), tuple(self.run_doc.get("levels") or ()), resumed, done, int(self.run_doc.get("level", 0))))
+        self._emit(E.RunStarted(
+            plan.feature, len(self.tasks), tuple(self.run_doc.get("levels") or ()), resumed, done,
+            int(self.run_doc.get("level", 0)), self._base_commit(),
+        ))
         fifo = _FifoReader(self.store, self.events)
         self.server = ChannelServer({spec.worker_id: spec.channel_socket for spec in plan.workers}, self.handle)
         try:
@@ -955,6 +1003,7 @@ class _Run:
                         self.stopping = True
                         self.changed.notify_all()
                     if status == "stopped":  # e.g. `mahabharatha stop` asked through the state
+                        self._stopping_event(str(self.run_doc.get("message") or "stop requested"))
                         if not self.stopped_by_user:
                             self._log(f"run stopped ({self.run_doc.get('message') or 'stop requested'}): stopping the workers")
                         self.launcher.stop_all()
