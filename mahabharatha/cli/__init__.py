@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("container", "subprocess"), help="launcher type (overrides workers.launcher_type)")
     p.add_argument("--feature", help="feature name (default: contents of .gsd/.current-feature)")
     p.add_argument("--dry-run", action="store_true", help="print the launch plan and touch nothing")
-    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON; without: the final result as one JSON document on stdout (progress on stderr)")
     p.add_argument("--keep-failed", action="store_true", help="on a failed, stopped or interrupted launch or run, keep the containers for debugging")
 
     p = sub.add_parser("demo", help="run the built-in sample feature in containers (offline, no API key)")

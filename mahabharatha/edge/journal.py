@@ -30,7 +30,7 @@ from .. import events as E
 from ..errors import FileAccessError
 from .safefs import ensure_dir_nofollow
 
-__all__ = ["JournalWriter", "Entry", "journal_path", "read_entries", "follow_entries", "read_lines"]
+__all__ = ["JournalWriter", "Entry", "journal_path", "open_below", "read_entries", "follow_entries", "read_lines"]
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOCTTY = getattr(os, "O_NOCTTY", 0)
@@ -95,7 +95,9 @@ def _open_parent(repo: str, path: str) -> tuple[int, str]:
     return fd, os.path.basename(path)
 
 
-def _open_file(repo: str, path: str, flags: int, mode: int = 0o600) -> int:
+def open_below(repo: str, path: str, flags: int, mode: int = 0o600) -> int:
+    """A descriptor of the regular file ``path`` below ``repo``, opened without following any link below
+    ``repo`` (FileAccessError for a link, a FIFO, a device; FileNotFoundError when missing)."""
     dfd, name = _open_parent(repo, path)
     try:
         try:  # never even open a FIFO or a device (opening one can block or act)
@@ -135,7 +137,7 @@ class JournalWriter:
         self._clock = clock
         self._lock = threading.Lock()
         ensure_dir_nofollow(journal_dir(repo), root=repo, mode=0o700)
-        self._fd: int | None = _open_file(repo, self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self._fd: int | None = open_below(repo, self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     def append(self, event: E.Event) -> None:
         body = _encode(event)  # b'{"event":...}'
@@ -191,7 +193,7 @@ def _lines(fd: int, *, whole_only: bool) -> Iterator[bytes]:
 def read_lines(repo: str, feature: str) -> Iterator[bytes]:
     """The journal's raw lines (none when there is no journal yet)."""
     try:
-        fd = _open_file(repo, journal_path(repo, feature), os.O_RDONLY)
+        fd = open_below(repo, journal_path(repo, feature), os.O_RDONLY)
     except FileNotFoundError:
         return
     try:
@@ -216,7 +218,7 @@ def follow_entries(
             running = active()  # asked before reading, so the last lines are never missed
             if fd is None:
                 try:
-                    fd = _open_file(repo, path, os.O_RDONLY)
+                    fd = open_below(repo, path, os.O_RDONLY)
                 except FileNotFoundError:
                     fd = None
             got = False
