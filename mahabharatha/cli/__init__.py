@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="tasks per level and per worker, container state and resource use")
     _repo_args(p)
     p.add_argument("--feature")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON document (schema mahabharatha.status/1, see the README)")
+    p.add_argument("--watch", action="store_true", help="follow the run: a live screen on a terminal, event lines elsewhere")
 
     p = sub.add_parser("logs", help="show a worker's output")
     _repo_args(p)

@@ -244,6 +244,7 @@ class LiveView:
         self.closing = False
         self.redraws = 0
         self._stats_started: set[int] = set()
+        self._sizes: dict[int, int] = {}
         self._threads: list[threading.Thread] = []
 
     # -- inputs (any thread; quick) -----------------------------------------------------------------------
@@ -265,22 +266,28 @@ class LiveView:
 
     # -- watchers ------------------------------------------------------------------------------------------
     def _watch_logs(self) -> None:
-        sizes: dict[int, int] = {}
         while not self.closing:
-            for wid, path in self.log_paths.items():
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if not stat.S_ISREG(st.st_mode) or sizes.get(wid) == st.st_size:
-                    continue
-                sizes[wid] = st.st_size
-                action = last_line(self.repo, path)
-                with self.changed:
-                    self.model.worker(wid).action = action
-                    self._touch()
+            self._check_logs()
             with self.changed:
                 self.changed.wait_for(lambda: self.closing, timeout=_LOG_CHECK_S)
+
+    def _check_logs(self) -> None:
+        """Read the last line of each worker log that grew since the last look (a stat each, nothing more)."""
+        sizes = self._sizes
+        with self.lock:
+            paths = list(self.log_paths.items())
+        for wid, path in paths:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or sizes.get(wid) == st.st_size:
+                continue
+            sizes[wid] = st.st_size
+            action = last_line(self.repo, path)
+            with self.changed:
+                self.model.worker(wid).action = action
+                self._touch()
 
     def _start_stats(self, wid: int) -> None:
         with self.lock:
@@ -307,6 +314,8 @@ class LiveView:
                     continue
                 with self.changed:
                     w = self.model.worker(wid)
+                    if w.state.startswith("exited") or not mem:
+                        continue  # a last sample of a container that has ended
                     w.cpu = 100.0 * cpu / system * ncpu if system > 0 else 0.0
                     w.mem = mem
                     w.limit = w.limit or limit or 0
@@ -349,6 +358,7 @@ class LiveView:
             self.changed.notify_all()
         for t in self._threads:
             t.join(timeout=2)
+        self._check_logs()  # the workers' last lines, written as they ended
         with self.lock:
             screen = render(self.model)
         self.live.update(screen, refresh=True)
@@ -399,3 +409,64 @@ def run_with_view(plan: Any, execute: Callable[..., Any], *, say: Callable[[str]
         return execute(plan, out=view.line, on_event=on_event, keep_failed=keep_failed)
     finally:
         view.stop()
+
+
+def watch_status(repo: str, feature: str, data: dict[str, Any], *, stream: Any = None) -> int:
+    """``status --watch``: the live view of the feature's run, fed by its journal (replayed, then followed
+    while the run lasts); not on a terminal, the journal's lines as ``events -f`` prints them."""
+    from ..edge.journal import Entry, follow_entries
+    from .ops import run_in_progress, state_store
+    from .watch import event_line
+
+    stream = stream or sys.stdout
+    active = lambda: run_in_progress(repo, feature)  # noqa: E731
+    if not use_live_view(stream):
+        for item in follow_entries(repo, feature, active=active):
+            assert isinstance(item, Entry)
+            stream.write(f"[{time.strftime('%H:%M:%S', time.localtime(item.ts))}] {event_line(item.event)}\n")
+            stream.flush()
+        return 0
+    model = ViewModel(feature, {}, [])
+    model.load_state(data)
+    client, names = None, {}
+    try:
+        from ..core.model import LABEL_WORKER
+        from ..edge.executor import feature_containers, make_client
+
+        client = make_client(timeout=10)
+        for row in feature_containers(client, repo, feature):
+            wid = int((row.get("Labels") or {}).get(LABEL_WORKER, "-1"))
+            if wid >= 0:
+                names[wid] = (row.get("Names") or [f"worker-{wid}"])[0].lstrip("/")
+    except Exception:  # noqa: BLE001 - subprocess mode, or no engine: no CPU/memory figures
+        client = None
+    for wid, name in names.items():
+        model.worker(wid).name = name
+    view = LiveView(model, repo=repo, log_paths={}, stream=stream, client=client if names else None)
+
+    def feed() -> None:
+        for item in follow_entries(repo, feature, active=active):
+            assert isinstance(item, Entry)
+            event = item.event
+            if isinstance(event, E.WorkersStarting):
+                with view.lock:
+                    for wid in range(event.workers):
+                        view.log_paths.setdefault(wid, worker_log_path(repo, feature, wid))
+            if isinstance(event, (E.LevelMerged, E.RunStarted)):
+                fresh = state_store(repo, feature).read()
+                if fresh:
+                    with view.lock:
+                        model.load_state(fresh)
+            view.event(event, item.ts)
+            text = E.describe(event)  # the lines `kurukshetra` itself shows
+            if text is not None:
+                view.line(text, item.ts)
+
+    view.start()
+    try:
+        feed()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        view.stop()
+    return 0

@@ -108,6 +108,10 @@ def _usage(client: Any, cid: str) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     repo, feature = repo_feature(args)
     data = _read_state(repo, feature)
+    if getattr(args, "watch", False):
+        from .live import watch_status
+
+        return watch_status(repo, feature, data)
     containers = container_rows(repo, feature)
     if getattr(args, "json", False):
         from .documents import status_document
