@@ -19,10 +19,11 @@ event                  when
 ``worker_ready``       a worker announced itself (containers: its ready line; subprocess: started)
 ``worker_exited``      a worker ended: ``code`` (None when unknown), ``meaning``, ``oom``, the ``task`` it
                        held, ``note`` (what the exit policy did about it)
-``task_claimed``       a worker took a task (``attempt`` counts from 1)
+``task_claimed``       a worker took a task (``attempt`` counts from 1; ``start``: the commit it starts from)
 ``task_done``          a task's result was verified and imported (``commit``, "" when it changed nothing)
 ``task_failed``        a task failed (``reason``)
-``level_merged``       a level settled and was merged (``counts`` per status, ``merged`` branches)
+``level_merged``       a level settled and was merged (``counts`` per status, ``merged`` branches, ``commit``:
+                       the base branch's commit after the merge)
 ``level_started``      the run moved on to a level (``base``: the base branch's commit the level starts
                        from, "" when unknown)
 ``task_usage``         what a task's attempt cost, as its agent reported it (tokens, ``cost_usd``, model)
@@ -104,6 +105,7 @@ class TaskClaimed(_Event, tag="task_claimed"):
     worker: int
     attempt: int
     level: int
+    start: str = ""  # the commit the worker starts the task from (its diff's left side)
 
 
 class TaskDone(_Event, tag="task_done"):
@@ -123,6 +125,7 @@ class LevelMerged(_Event, tag="level_merged"):
     counts: dict[str, int]
     merged: tuple[str, ...]
     base_branch: str
+    commit: str = ""  # the base branch's commit after the merge
 
 
 class LevelStarted(_Event, tag="level_started"):

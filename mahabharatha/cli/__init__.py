@@ -25,6 +25,7 @@ _HANDLERS = {
     "status": "ops:cmd_status",
     "logs": "ops:cmd_logs",
     "events": "watch:cmd_events",
+    "diff": "review:cmd_diff",
     "retry": "ops:cmd_retry",
     "stop": "cleanup:cmd_stop",
     "cleanup": "cleanup:cmd_cleanup",
@@ -106,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events while a run is in progress")
     p.add_argument("--json", action="store_true", help="print the journal's raw JSON lines")
+
+    p = sub.add_parser("diff", help="what a task, a worker or a level changed, against the level's base")
+    _repo_args(p)
+    p.add_argument("task", nargs="?", help="a task id")
+    p.add_argument("--worker", type=_non_negative_int, help="a worker's work in a level (default: its last level)")
+    p.add_argument("--level", type=_positive_int, help="a merged level (default: the last merged)")
+    p.add_argument("--feature")
+    p.add_argument("--stat", action="store_true")
+    p.add_argument("--name-only", action="store_true")
+    p.add_argument("--name-status", action="store_true")
 
     p = sub.add_parser("retry", help="put failed tasks (or one TASK) back to pending")
     _repo_args(p)

@@ -47,14 +47,11 @@ def use_live_view(stream: Any = None) -> bool:
 
 
 def worker_log_path(repo: str, feature: str, worker: int) -> str:
-    """The worker's host log: per feature (``logs/workers/<feature>/worker-N.stdout.log``) where that layout
-    is in use, else the older per-repository file."""
+    """The worker's host log, ``.mahabharatha/logs/workers/<feature>/worker-N.stdout.log`` (the plan's
+    ``log_path``, for a process that has no plan)."""
     from ..core.plan import log_dir
 
-    per_feature = os.path.join(log_dir(repo), feature, f"worker-{worker}.stdout.log")
-    if os.path.lexists(per_feature):
-        return per_feature
-    return os.path.join(log_dir(repo), f"worker-{worker}.stdout.log")
+    return os.path.join(log_dir(repo, feature), f"worker-{worker}.stdout.log")
 
 
 def _clean(text: str, limit: int = 160) -> str:

@@ -445,7 +445,7 @@ class _Run:
                 return
             self.base_tip = ""
             self._settle_locked()
-            self._emit(E.LevelMerged(level, counts, tuple(merged), self.plan.base_branch))
+            self._emit(E.LevelMerged(level, counts, tuple(merged), self.plan.base_branch, self._base_commit()))
             if self._status() != S.RUNNING:
                 return
             self._emit(E.LevelStarted(self.run_doc["level"], self._base_commit()))
@@ -610,7 +610,7 @@ class _Run:
                         self.claims[wid] = _Claim(task_id, start, level, time.monotonic())
                         self.last_task[wid] = task_id
                         self.changed.notify_all()
-                        self._emit(E.TaskClaimed(task_id, wid, attempt, level))
+                        self._emit(E.TaskClaimed(task_id, wid, attempt, level, start))
                         raw_text = self.raw_of.get(task_id)
                         raw = json.loads(raw_text) if raw_text is not None else json.loads(self.graph.raw_task(task_id))
                         return {
