@@ -26,6 +26,7 @@ _HANDLERS = {
     "logs": "ops:cmd_logs",
     "events": "watch:cmd_events",
     "diff": "review:cmd_diff",
+    "report": "report:cmd_report",
     "retry": "ops:cmd_retry",
     "stop": "cleanup:cmd_stop",
     "cleanup": "cleanup:cmd_cleanup",
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stat", action="store_true")
     p.add_argument("--name-only", action="store_true")
     p.add_argument("--name-status", action="store_true")
+
+    p = sub.add_parser("report", help="one self-contained HTML file picturing a run (timeline, tasks, cost)")
+    _repo_args(p)
+    p.add_argument("feature_arg", nargs="?", metavar="FEATURE", help="default: .gsd/.current-feature")
+    p.add_argument("--feature", help=argparse.SUPPRESS)
+    p.add_argument("--output", "-o", help="where to write it (default: .mahabharatha/report-<feature>.html)")
 
     p = sub.add_parser("retry", help="put failed tasks (or one TASK) back to pending")
     _repo_args(p)
