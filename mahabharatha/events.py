@@ -29,6 +29,8 @@ event                  when
 ``task_usage``         what a task's attempt cost, as its agent reported it (tokens, ``cost_usd``, model)
 ``run_stopping``       the run is stopping (``message`` says why: a signal, ``mahabharatha stop``, a budget);
                        a later run resumes it (``run_started`` with ``resumed``)
+``review_requested``   ``workers.review``: a settled level waits for ``mahabharatha approve`` before its merge
+                       (``stat``: its diff stat against the level's base)
 ``notice``             anything else worth a line (``text``), e.g. a rejected checkpoint
 ``run_finished``       the run ended (``status``, ``exit_code``, ``message``, ``seconds``)
 =====================  ==============================================================================
@@ -53,6 +55,7 @@ __all__ = [
     "LevelMerged",
     "LevelStarted",
     "Notice",
+    "ReviewRequested",
     "TaskUsage",
     "RunStopping",
     "RunFinished",
@@ -137,6 +140,12 @@ class Notice(_Event, tag="notice"):
     text: str
 
 
+class ReviewRequested(_Event, tag="review_requested"):
+    level: int
+    stat: str
+    tasks: tuple[str, ...] = ()  # the level's done tasks (what `reject TASK` may name)
+
+
 class TaskUsage(_Event, tag="task_usage"):
     task: str
     worker: int | None
@@ -161,7 +170,7 @@ class RunFinished(_Event, tag="run_finished"):
 
 Event = Union[
     RunStarted, WorkersStarting, WorkerStarted, WorkerReady, WorkerExited, TaskClaimed, TaskDone, TaskFailed,
-    LevelMerged, LevelStarted, Notice, TaskUsage, RunStopping, RunFinished,
+    LevelMerged, LevelStarted, Notice, ReviewRequested, TaskUsage, RunStopping, RunFinished,
 ]
 
 
@@ -188,4 +197,9 @@ def describe(event: Event) -> str | None:
         return f"level {event.level} started"
     if isinstance(event, Notice):
         return event.text
+    if isinstance(event, ReviewRequested):
+        shown = ", ".join(event.tasks) or "none"
+        stat = "\n".join("    " + line for line in event.stat.splitlines()) or "    (no changes)"
+        return (f"level {event.level} waits for review before its merge (done: {shown}): `mahabharatha approve` "
+                f"merges it, `mahabharatha reject TASK` fails a task and keeps its work\n{stat}")
     return None  # WorkerReady, TaskClaimed, TaskUsage, RunStopping (its own lines say it), RunFinished (the CLI prints a summary of the result instead)

@@ -27,6 +27,8 @@ _HANDLERS = {
     "events": "watch:cmd_events",
     "diff": "review:cmd_diff",
     "report": "report:cmd_report",
+    "approve": "review:cmd_approve",
+    "reject": "review:cmd_reject",
     "retry": "ops:cmd_retry",
     "stop": "cleanup:cmd_stop",
     "cleanup": "cleanup:cmd_cleanup",
@@ -124,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("feature_arg", nargs="?", metavar="FEATURE", help="default: .gsd/.current-feature")
     p.add_argument("--feature", help=argparse.SUPPRESS)
     p.add_argument("--output", "-o", help="where to write it (default: .mahabharatha/report-<feature>.html)")
+
+    p = sub.add_parser("approve", help="workers.review: let the level under review merge")
+    _repo_args(p)
+    p.add_argument("--feature")
+
+    p = sub.add_parser("reject", help="workers.review: fail a done TASK of the level under review (its work is kept)")
+    _repo_args(p)
+    p.add_argument("task")
+    p.add_argument("--feature")
 
     p = sub.add_parser("retry", help="put failed tasks (or one TASK) back to pending")
     _repo_args(p)

@@ -127,3 +127,52 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if out:
         print(out)
     return 0
+
+
+def _waiting(data: dict, feature: str) -> dict:
+    review = data.get("review") if isinstance(data.get("review"), dict) else {}
+    if review.get("state") != "waiting":
+        raise MahabharathaError(
+            f"no level of feature {feature} is waiting for review",
+            hint="set `workers.review: true` in .mahabharatha/config.yaml; a run then pauses before each merge",
+        )
+    return review
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Let the level under review merge (the run waiting on it goes on)."""
+    from .ops import repo_feature, state_store
+
+    repo, feature = repo_feature(args)
+    store = state_store(repo, feature)
+    if not store.exists():
+        raise MahabharathaError(f"no run state for feature {feature!r}", hint="start one with `mahabharatha kurukshetra`")
+    with store.transaction() as data:
+        review = _waiting(data, feature)
+        review["state"] = "approved"
+        level = review.get("level")
+    print(f"Level {level} approved: the run merges it and goes on.")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    """Fail a done task of the level under review; its work is kept under its failed ref, never merged."""
+    from ..worker.protocol import failed_ref
+    from .ops import repo_feature, state_store
+
+    repo, feature = repo_feature(args)
+    store = state_store(repo, feature)
+    if not store.exists():
+        raise MahabharathaError(f"no run state for feature {feature!r}", hint="start one with `mahabharatha kurukshetra`")
+    with store.transaction() as data:
+        review = _waiting(data, feature)
+        task = data["tasks"].get(args.task)
+        if task is None or task.get("level") != review.get("level") or task.get("status") != "done":
+            raise MahabharathaError(
+                f"{args.task!r} is not a done task of level {review.get('level')}, the level under review",
+                hint="see `mahabharatha status`",
+            )
+        review["reject"] = sorted({*(review.get("reject") or []), args.task})
+    print(f"Task {args.task} rejected: the run fails it and keeps its work at {failed_ref(feature, args.task)}; "
+          "the level waits for `mahabharatha approve` again.")
+    return 0

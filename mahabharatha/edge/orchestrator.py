@@ -307,6 +307,8 @@ class _Run:
         self.my_seq = 0
         self.journal: JournalWriter | None = None  # open while the run holds its lock
         self.stop_announced = False
+        self.review_asked: set[int] = set()
+        self.starts: dict[str, str] = {}  # task id -> the commit its last attempt started from (review's reject)
 
     # -- the state in memory ---------------------------------------------------------------------------------
     def _load(self, data: dict[str, Any]) -> None:
@@ -434,6 +436,8 @@ class _Run:
             level = self.run_doc["level"]
             if self._open(level):
                 return
+            if self.plan.review and not self._review_gate(level):
+                return  # waits for `mahabharatha approve` (a state write wakes the loop, which comes back here)
             counts = {s: n for s, n in self.counts.get(level, {}).items() if n}
             try:
                 merged = merge_into_base(
@@ -444,11 +448,70 @@ class _Run:
                 self._log(f"level {level}: {exc}")
                 return
             self.base_tip = ""
+            if self.plan.review:
+                self._save(review={"level": level, "state": "merged", "reject": []})
             self._settle_locked()
             self._emit(E.LevelMerged(level, counts, tuple(merged), self.plan.base_branch, self._base_commit()))
             if self._status() != S.RUNNING:
                 return
             self._emit(E.LevelStarted(self.run_doc["level"], self._base_commit()))
+
+    # -- workers.review ------------------------------------------------------------------------------------
+    def _review_gate(self, level: int) -> bool:
+        """True when ``level`` may be merged: its review was approved. Otherwise apply the rejections asked for
+        (``mahabharatha reject``), ask for a review once (the diff stat, an event) and return False."""
+        review = self.run_doc.get("review") if isinstance(self.run_doc.get("review"), dict) else {}
+        same = review.get("level") == level
+        if same and review.get("state") == "approved":
+            return True
+        rejects = [t for t in review.get("reject") or [] if isinstance(t, str)] if same else []
+        if same and review.get("state") == "waiting" and not rejects and level in self.review_asked:
+            return False  # asked already (by this run); still waiting
+        for tid in rejects:
+            self._reject(tid, level)
+        done = tuple(sorted(tid for tid, t in self.tasks.items() if t["level"] == level and t["status"] == S.DONE))
+        self._save(review={"level": level, "state": "waiting", "reject": []})
+        self.review_asked.add(level)
+        self._emit(E.ReviewRequested(level, self._level_stat(), done))
+        return False
+
+    def _level_stat(self) -> str:
+        """``git diff --stat`` of what merging the level would bring: the base against each worker branch."""
+        base = self._base_commit()
+        parts = []
+        for branch in self._existing_branches():
+            tip = git(self.plan.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+            if not tip or git_ok(self.plan.repo, "merge-base", "--is-ancestor", tip, base):
+                continue
+            stat = git(self.plan.repo, "diff", "--no-color", "--stat", f"{base}...{tip}", "--", check=False)
+            if stat:
+                parts.append(f"{branch}:\n{stat}")
+        return "\n".join(parts)
+
+    def _reject(self, tid: str, level: int) -> None:
+        """Fail a done task of the level under review and take its commit off its worker's branch (kept under
+        the task's failed ref). Only a worker's latest task can come off: later work on top is named instead."""
+        t = self.tasks.get(tid)
+        if t is None or t["level"] != level or t["status"] != S.DONE:
+            self._log(f"review: cannot reject {tid}: not a done task of level {level}")
+            return
+        commit, wid = str(t.get("commit") or ""), t.get("worker")
+        ref = P.failed_ref(self.plan.feature, tid)
+        if commit and wid is not None and 0 <= wid < len(self.plan.workers):
+            branch = f"refs/heads/{self.plan.workers[wid].worktree.branch}"
+            tip = git(self.plan.repo, "rev-parse", "--verify", "--quiet", branch, check=False)
+            if tip != commit:
+                later = sorted(o for o, x in self.tasks.items() if x.get("worker") == wid and x["level"] == level
+                               and x["status"] == S.DONE and o != tid)
+                self._log(f"review: cannot reject {tid} alone: worker {wid} has later work on top ({', '.join(later) or tip[:10]}); reject that first")
+                return
+            start = self.starts.get(tid) or git(self.plan.repo, "rev-parse", "--verify", "--quiet", f"{commit}^", check=False)
+            git(self.plan.repo, "update-ref", ref, commit)
+            git(self.plan.repo, "update-ref", branch, start, commit)
+            self.tips[wid] = start
+        self._set(tid, status=S.FAILED, commit="", error="rejected in review" + (f" (work kept at {ref})" if commit else ""))
+        self._save()
+        self._failed_event(tid, wid)
 
     def _settle_locked(self) -> None:
         """The in-memory :func:`settle_level`: block dependants of failures, advance or end, in one write."""
@@ -675,6 +738,7 @@ class _Run:
             if not self._owns(wid, task_id):
                 return {"ok": True, "status": "lost", "error": f"task {task_id} is no longer claimed by worker {wid}"}
             claim = self.claims[wid]
+            self.starts[task_id] = claim.start
             incoming = f"refs/mahabharatha/incoming/{feature}/worker-{wid}"
             if status == S.DONE and commit:
                 try:
