@@ -161,6 +161,10 @@ class ViewModel:
             w.task, w.cpu, w.mem = "", None, None
         elif isinstance(event, E.LevelStarted):
             self.level = event.level
+        elif isinstance(event, E.ReviewRequested):
+            self.status = f"waiting for review of level {event.level} (`mahabharatha approve`)"
+        elif isinstance(event, E.LevelMerged):
+            self.status = "running" if self.status.startswith("waiting for review") else self.status
         elif isinstance(event, E.RunStopping):
             self.status = "stopping"
         elif isinstance(event, E.RunFinished):

@@ -51,6 +51,10 @@ def test_the_model_follows_the_events() -> None:
     assert " B " in row and "0:00" in row and "12%" in row and "100/256" in row and "1200 $0.25" in row
     assert "tool Write file_path=[x]" in row  # shown as text, never as markup
     assert "task A done by worker 0 (abc)" in screen and "1:15" in screen  # the run's elapsed time
+    model.apply(E.ReviewRequested(1, " a.txt | 1 +", ("A",)))
+    assert model.status.startswith("waiting for review of level 1")
+    model.apply(E.LevelMerged(1, {"done": 1}, (), "base"))
+    assert model.status == "running"
     model.apply(E.RunFinished("done", 0, "", 80.0))
     assert model.status == "done"
 
