@@ -208,3 +208,30 @@ def test_events_without_a_journal_is_one_line_error(repo: Path, capsys: pytest.C
     assert main(["events", "--repo", str(repo), "--feature", "feat"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no event journal for feature 'feat'" in err
+
+
+def test_events_follow_prints_while_the_run_goes_and_ends_with_it(repo: Path) -> None:
+    import sys
+    import time
+
+    from mahabharatha.edge.orchestrator import execute
+
+    p = make_plan(repo, [task("A", 1, create=("a.txt",), sleep=2), task("B", 2, ("A",), create=("b.txt",))])
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.update(result=execute(p)))
+    runner.start()
+    journal = Path(journal_path(str(repo), "feat"))
+    deadline = time.monotonic() + 30
+    while not journal.exists() or b"task_claimed" not in journal.read_bytes():
+        assert time.monotonic() < deadline and runner.is_alive()
+        time.sleep(0.05)
+    root = Path(__file__).resolve().parents[2]
+    follower = subprocess.run(
+        [sys.executable, "-m", "mahabharatha", "events", "-f", "--json", "--repo", str(repo), "--feature", "feat"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    runner.join(timeout=60)
+    assert box["result"].status == "done"
+    kinds = [json.loads(line)["event"] for line in follower.stdout.splitlines()]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished" and kinds.count("task_done") == 2, kinds
+    assert follower.stdout.splitlines() == journal.read_text().splitlines()  # every line, once, in order
