@@ -19,11 +19,18 @@ event                  when
 ``worker_ready``       a worker announced itself (containers: its ready line; subprocess: started)
 ``worker_exited``      a worker ended: ``code`` (None when unknown), ``meaning``, ``oom``, the ``task`` it
                        held, ``note`` (what the exit policy did about it)
-``task_claimed``       a worker took a task (``attempt`` counts from 1)
+``task_claimed``       a worker took a task (``attempt`` counts from 1; ``start``: the commit it starts from)
 ``task_done``          a task's result was verified and imported (``commit``, "" when it changed nothing)
 ``task_failed``        a task failed (``reason``)
-``level_merged``       a level settled and was merged (``counts`` per status, ``merged`` branches)
-``level_started``      the run moved on to a level
+``level_merged``       a level settled and was merged (``counts`` per status, ``merged`` branches, ``commit``:
+                       the base branch's commit after the merge)
+``level_started``      the run moved on to a level (``base``: the base branch's commit the level starts
+                       from, "" when unknown)
+``task_usage``         what a task's attempt cost, as its agent reported it (tokens, ``cost_usd``, model)
+``run_stopping``       the run is stopping (``message`` says why: a signal, ``mahabharatha stop``, a budget);
+                       a later run resumes it (``run_started`` with ``resumed``)
+``review_requested``   ``workers.review``: a settled level waits for ``mahabharatha approve`` before its merge
+                       (``stat``: its diff stat against the level's base)
 ``notice``             anything else worth a line (``text``), e.g. a rejected checkpoint
 ``run_finished``       the run ended (``status``, ``exit_code``, ``message``, ``seconds``)
 =====================  ==============================================================================
@@ -48,6 +55,9 @@ __all__ = [
     "LevelMerged",
     "LevelStarted",
     "Notice",
+    "ReviewRequested",
+    "TaskUsage",
+    "RunStopping",
     "RunFinished",
     "describe",
 ]
@@ -64,6 +74,7 @@ class RunStarted(_Event, tag="run_started"):
     resumed: bool = False
     done: int = 0
     level: int = 0
+    base: str = ""  # the base branch's commit when the run (and so its current level) starts
 
 
 class WorkersStarting(_Event, tag="workers_starting"):
@@ -97,6 +108,7 @@ class TaskClaimed(_Event, tag="task_claimed"):
     worker: int
     attempt: int
     level: int
+    start: str = ""  # the commit the worker starts the task from (its diff's left side)
 
 
 class TaskDone(_Event, tag="task_done"):
@@ -116,14 +128,37 @@ class LevelMerged(_Event, tag="level_merged"):
     counts: dict[str, int]
     merged: tuple[str, ...]
     base_branch: str
+    commit: str = ""  # the base branch's commit after the merge
 
 
 class LevelStarted(_Event, tag="level_started"):
     level: int
+    base: str = ""  # the base branch's commit the level starts from (its diff's left side)
 
 
 class Notice(_Event, tag="notice"):
     text: str
+
+
+class ReviewRequested(_Event, tag="review_requested"):
+    level: int
+    stat: str
+    tasks: tuple[str, ...] = ()  # the level's done tasks (what `reject TASK` may name)
+
+
+class TaskUsage(_Event, tag="task_usage"):
+    task: str
+    worker: int | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: float = 0.0
+    model: str = ""
+
+
+class RunStopping(_Event, tag="run_stopping"):
+    message: str
 
 
 class RunFinished(_Event, tag="run_finished"):
@@ -135,7 +170,7 @@ class RunFinished(_Event, tag="run_finished"):
 
 Event = Union[
     RunStarted, WorkersStarting, WorkerStarted, WorkerReady, WorkerExited, TaskClaimed, TaskDone, TaskFailed,
-    LevelMerged, LevelStarted, Notice, RunFinished,
+    LevelMerged, LevelStarted, Notice, ReviewRequested, TaskUsage, RunStopping, RunFinished,
 ]
 
 
@@ -162,4 +197,9 @@ def describe(event: Event) -> str | None:
         return f"level {event.level} started"
     if isinstance(event, Notice):
         return event.text
-    return None  # WorkerReady, TaskClaimed, RunFinished (the CLI prints a summary of the result instead)
+    if isinstance(event, ReviewRequested):
+        shown = ", ".join(event.tasks) or "none"
+        stat = "\n".join("    " + line for line in event.stat.splitlines()) or "    (no changes)"
+        return (f"level {event.level} waits for review before its merge (done: {shown}): `mahabharatha approve` "
+                f"merges it, `mahabharatha reject TASK` fails a task and keeps its work\n{stat}")
+    return None  # WorkerReady, TaskClaimed, TaskUsage, RunStopping (its own lines say it), RunFinished (the CLI prints a summary of the result instead)

@@ -24,6 +24,11 @@ _HANDLERS = {
     "demo": "launch:cmd_demo",
     "status": "ops:cmd_status",
     "logs": "ops:cmd_logs",
+    "events": "watch:cmd_events",
+    "diff": "review:cmd_diff",
+    "report": "report:cmd_report",
+    "approve": "review:cmd_approve",
+    "reject": "review:cmd_reject",
     "retry": "ops:cmd_retry",
     "stop": "cleanup:cmd_stop",
     "cleanup": "cleanup:cmd_cleanup",
@@ -79,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("container", "subprocess"), help="launcher type (overrides workers.launcher_type)")
     p.add_argument("--feature", help="feature name (default: contents of .gsd/.current-feature)")
     p.add_argument("--dry-run", action="store_true", help="print the launch plan and touch nothing")
-    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON; without: the final result as one JSON document on stdout (progress on stderr)")
     p.add_argument("--keep-failed", action="store_true", help="on a failed, stopped or interrupted launch or run, keep the containers for debugging")
 
     p = sub.add_parser("demo", help="run the built-in sample feature in containers (offline, no API key)")
@@ -90,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="tasks per level and per worker, container state and resource use")
     _repo_args(p)
     p.add_argument("--feature")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON document (schema mahabharatha.status/1, see the README)")
+    p.add_argument("--watch", action="store_true", help="follow the run: a live screen on a terminal, event lines elsewhere")
 
     p = sub.add_parser("logs", help="show a worker's output")
     _repo_args(p)
@@ -98,6 +104,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output while a run is in progress")
     p.add_argument("--tail", type=_non_negative_int, default=None, help="only the last N lines")
+
+    p = sub.add_parser("events", help="the feature's event journal (.mahabharatha/journal/<feature>.jsonl)")
+    _repo_args(p)
+    p.add_argument("--feature")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events while a run is in progress")
+    p.add_argument("--json", action="store_true", help="print the journal's raw JSON lines")
+
+    p = sub.add_parser("diff", help="what a task, a worker or a level changed, against the level's base")
+    _repo_args(p)
+    p.add_argument("task", nargs="?", help="a task id")
+    p.add_argument("--worker", type=_non_negative_int, help="a worker's work in a level (default: its last level)")
+    p.add_argument("--level", type=_positive_int, help="a merged level (default: the last merged)")
+    p.add_argument("--feature")
+    p.add_argument("--stat", action="store_true")
+    p.add_argument("--name-only", action="store_true")
+    p.add_argument("--name-status", action="store_true")
+
+    p = sub.add_parser("report", help="one self-contained HTML file picturing a run (timeline, tasks, cost)")
+    _repo_args(p)
+    p.add_argument("feature_arg", nargs="?", metavar="FEATURE", help="default: .gsd/.current-feature")
+    p.add_argument("--feature", help=argparse.SUPPRESS)
+    p.add_argument("--output", "-o", help="where to write it (default: .mahabharatha/report-<feature>.html)")
+
+    p = sub.add_parser("approve", help="workers.review: let the level under review merge")
+    _repo_args(p)
+    p.add_argument("--feature")
+
+    p = sub.add_parser("reject", help="workers.review: fail a done TASK of the level under review (its work is kept)")
+    _repo_args(p)
+    p.add_argument("task")
+    p.add_argument("--feature")
 
     p = sub.add_parser("retry", help="put failed tasks (or one TASK) back to pending")
     _repo_args(p)

@@ -51,6 +51,11 @@ def _say_plain(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _say_err(text: str) -> None:
+    """Progress lines when stdout carries the JSON result (``kurukshetra --json``)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def read_graph(repo: str, feature: str) -> TaskGraph:
     """Load and validate ``.gsd/specs/<feature>/task-graph.json`` (GraphError when missing, not a regular file,
     too big, unreadable, invalid or written for another feature): see
@@ -129,9 +134,6 @@ def _dirty_worktree_notes(launch_plan: Any) -> list[str]:
 def cmd_kurukshetra(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
-    if getattr(args, "json", False) and not getattr(args, "dry_run", False):
-        # Never start a real run for someone who asked for machine-readable output.
-        raise ConfigError("--json prints the launch plan and needs --dry-run", hint="add --dry-run, or drop --json to run")
     if getattr(args, "dry_run", False):
         from .dryrun import run_dry_run
 
@@ -139,6 +141,8 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
     from ..edge.orchestrator import execute
     from ..planning import plan
 
+    as_json = bool(getattr(args, "json", False))  # the result as one JSON document on stdout, progress on stderr
+    say = _say_err if as_json else _say
     launch_plan = plan(
         getattr(args, "repo", "."),
         feature=getattr(args, "feature", None),
@@ -148,13 +152,26 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
     if launch_plan.graph is None:  # before anything starts
         read_graph(launch_plan.repo, launch_plan.feature)  # raises the one-line "no task graph" error
     for notice in launch_plan.notices:
-        _say(f"note: {notice}")
+        say(f"note: {notice}")
     uncommitted = _uncommitted_note(launch_plan.repo, launch_plan.base_branch)
     if uncommitted:
-        _say(f"note: {uncommitted}")
+        say(f"note: {uncommitted}")
     for note in _dirty_worktree_notes(launch_plan):
-        _say(f"note: {note}")
-    result = execute(launch_plan, out=_say, keep_failed=getattr(args, "keep_failed", False))
+        say(f"note: {note}")
+    from .live import run_with_view
+
+    result = run_with_view(launch_plan, execute, say=say, keep_failed=getattr(args, "keep_failed", False), plain=as_json)
+    if as_json:
+        import json
+
+        from .documents import result_document
+        from .ops import state_store
+
+        doc = result_document(result, repo=launch_plan.repo, feature=launch_plan.feature,
+                              data=state_store(launch_plan.repo, launch_plan.feature).read())
+        print(format_summary(result, repo=launch_plan.repo), file=sys.stderr, flush=True)
+        _say_plain(json.dumps(doc, indent=1, sort_keys=True))
+        return result.exit_code
     _say_plain(format_summary(result, repo=launch_plan.repo))
     return result.exit_code
 

@@ -108,9 +108,16 @@ def _usage(client: Any, cid: str) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     repo, feature = repo_feature(args)
     data = _read_state(repo, feature)
+    if getattr(args, "watch", False):
+        from .live import watch_status
+
+        return watch_status(repo, feature, data)
     containers = container_rows(repo, feature)
     if getattr(args, "json", False):
-        json.dump({"repo": repo, "state": data, "containers": containers}, sys.stdout, indent=1, sort_keys=True)
+        from .documents import status_document
+
+        doc = status_document(repo, feature, data, containers, running=run_in_progress(repo, feature))
+        json.dump(doc, sys.stdout, indent=1, sort_keys=True)
         print()
         return 0
     print(f"Feature {feature}: {data['status']}, level {data['level']} of {data['levels']}" + (f" ({data['message']})" if data.get("message") else ""))

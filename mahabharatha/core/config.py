@@ -54,6 +54,7 @@ class WorkersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     max_cost_usd: Annotated[float, Meta(gt=0)] | None = None  # the run is stopped when reached
     context_threshold_percent: Annotated[int, Meta(ge=1, le=100)] = 70  # checkpoint and restart at this use
     context_window_tokens: Annotated[int, Meta(ge=1000, le=100_000_000)] = 200_000  # until the stream names one
+    review: bool = False  # pause before each level's merge until `mahabharatha approve`
 
 
 class ResourcesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -99,6 +100,7 @@ _EXPECTED: dict[str, str] = {
     "workers.max_cost_usd": "a number of US dollars > 0, or null for no budget",
     "workers.context_threshold_percent": "a whole number from 1 to 100",
     "workers.context_window_tokens": "a whole number of tokens >= 1000",
+    "workers.review": "true or false",
     "resources.cpu_cores": f"{_NUMBER} > 0 and <= {_MAX_CPUS:g}",
     "resources.memory_gb": f"{_NUMBER} > 0",
     "resources.container_memory_limit": MEMORY_FORMS,

@@ -185,3 +185,4 @@ class LaunchPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The feature's task graph, validated: what the run will do (None when the repository has none yet:
     # such a plan can be rendered and its fleet started, but not executed).
     graph: TaskGraph | None = None
+    review: bool = False  # workers.review: each level waits for `mahabharatha approve` before its merge

@@ -341,6 +341,7 @@ def build_plan(
         agent_command=w.agent_command,
         max_cost_usd=w.max_cost_usd,
         graph=graph,
+        review=w.review,
     )
     plan_id = hashlib.sha256(plan_json(draft)).hexdigest()[:PLAN_ID_LENGTH]
     label_plan = Label(key=LABEL_PLAN, value=plan_id)

@@ -49,6 +49,7 @@ from . import worktrees as _worktrees
 from .channel import ChannelServer
 from .git import git, git_ok
 from .importer import ImportRejected, adopt, discard, import_bundle
+from .journal import JournalWriter
 from .launchers import ContainerLauncher, SubprocessLauncher
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -315,6 +316,10 @@ class _Run:
         self.cost = 0.0
         self.dirty: set[str] = set()
         self.my_seq = 0
+        self.journal: JournalWriter | None = None  # open while the run holds its lock
+        self.stop_announced = False
+        self.review_asked: set[int] = set()
+        self.starts: dict[str, str] = {}  # task id -> the commit its last attempt started from (review's reject)
 
     # -- the state in memory ---------------------------------------------------------------------------------
     def _load(self, data: dict[str, Any]) -> None:
@@ -411,6 +416,12 @@ class _Run:
         return [spec.worktree.branch for spec in self.plan.workers]
 
     def _emit(self, event: E.Event) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.append(event)
+            except OSError as exc:  # a full disk must not take the run down: say it once, go on without
+                self.journal = None
+                self.out(f"note: the event journal stopped being written: {exc}")
         if self.on_event is not None:
             with contextlib.suppress(Exception):  # a broken callback must not take the run down
                 self.on_event(event)
@@ -436,6 +447,8 @@ class _Run:
             level = self.run_doc["level"]
             if self._open(level):
                 return
+            if self.plan.review and not self._review_gate(level):
+                return  # waits for `mahabharatha approve` (a state write wakes the loop, which comes back here)
             counts = {s: n for s, n in self.counts.get(level, {}).items() if n}
             try:
                 merged = merge_into_base(
@@ -446,11 +459,70 @@ class _Run:
                 self._log(f"level {level}: {exc}")
                 return
             self.base_tip = ""
+            if self.plan.review:
+                self._save(review={"level": level, "state": "merged", "reject": []})
             self._settle_locked()
-            self._emit(E.LevelMerged(level, counts, tuple(merged), self.plan.base_branch))
+            self._emit(E.LevelMerged(level, counts, tuple(merged), self.plan.base_branch, self._base_commit()))
             if self._status() != S.RUNNING:
                 return
-            self._emit(E.LevelStarted(self.run_doc["level"]))
+            self._emit(E.LevelStarted(self.run_doc["level"], self._base_commit()))
+
+    # -- workers.review ------------------------------------------------------------------------------------
+    def _review_gate(self, level: int) -> bool:
+        """True when ``level`` may be merged: its review was approved. Otherwise apply the rejections asked for
+        (``mahabharatha reject``), ask for a review once (the diff stat, an event) and return False."""
+        review = self.run_doc.get("review") if isinstance(self.run_doc.get("review"), dict) else {}
+        same = review.get("level") == level
+        if same and review.get("state") == "approved":
+            return True
+        rejects = [t for t in review.get("reject") or [] if isinstance(t, str)] if same else []
+        if same and review.get("state") == "waiting" and not rejects and level in self.review_asked:
+            return False  # asked already (by this run); still waiting
+        for tid in rejects:
+            self._reject(tid, level)
+        done = tuple(sorted(tid for tid, t in self.tasks.items() if t["level"] == level and t["status"] == S.DONE))
+        self._save(review={"level": level, "state": "waiting", "reject": []})
+        self.review_asked.add(level)
+        self._emit(E.ReviewRequested(level, self._level_stat(), done))
+        return False
+
+    def _level_stat(self) -> str:
+        """``git diff --stat`` of what merging the level would bring: the base against each worker branch."""
+        base = self._base_commit()
+        parts = []
+        for branch in self._existing_branches():
+            tip = git(self.plan.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+            if not tip or git_ok(self.plan.repo, "merge-base", "--is-ancestor", tip, base):
+                continue
+            stat = git(self.plan.repo, "diff", "--no-color", "--stat", f"{base}...{tip}", "--", check=False)
+            if stat:
+                parts.append(f"{branch}:\n{stat}")
+        return "\n".join(parts)
+
+    def _reject(self, tid: str, level: int) -> None:
+        """Fail a done task of the level under review and take its commit off its worker's branch (kept under
+        the task's failed ref). Only a worker's latest task can come off: later work on top is named instead."""
+        t = self.tasks.get(tid)
+        if t is None or t["level"] != level or t["status"] != S.DONE:
+            self._log(f"review: cannot reject {tid}: not a done task of level {level}")
+            return
+        commit, wid = str(t.get("commit") or ""), t.get("worker")
+        ref = P.failed_ref(self.plan.feature, tid)
+        if commit and wid is not None and 0 <= wid < len(self.plan.workers):
+            branch = f"refs/heads/{self.plan.workers[wid].worktree.branch}"
+            tip = git(self.plan.repo, "rev-parse", "--verify", "--quiet", branch, check=False)
+            if tip != commit:
+                later = sorted(o for o, x in self.tasks.items() if x.get("worker") == wid and x["level"] == level
+                               and x["status"] == S.DONE and o != tid)
+                self._log(f"review: cannot reject {tid} alone: worker {wid} has later work on top ({', '.join(later) or tip[:10]}); reject that first")
+                return
+            start = self.starts.get(tid) or git(self.plan.repo, "rev-parse", "--verify", "--quiet", f"{commit}^", check=False)
+            git(self.plan.repo, "update-ref", ref, commit)
+            git(self.plan.repo, "update-ref", branch, start, commit)
+            self.tips[wid] = start
+        self._set(tid, status=S.FAILED, commit="", error="rejected in review" + (f" (work kept at {ref})" if commit else ""))
+        self._save()
+        self._failed_event(tid, wid)
 
     def _settle_locked(self) -> None:
         """The in-memory :func:`settle_level`: block dependants of failures, advance or end, in one write."""
@@ -500,7 +572,34 @@ class _Run:
         if self._status() != S.RUNNING:
             return False
         self._save(status="stopped", message=message)
+        self._stopping_event(message)
         return True
+
+    def _stopping_event(self, message: str) -> None:
+        if not self.stop_announced:
+            self.stop_announced = True
+            self._emit(E.RunStopping(message))
+
+    def _base_commit(self) -> str:
+        return git(self.plan.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{self.plan.base_branch}", check=False)
+
+    def _usage_event(self, tid: str, wid: int | None, usage: Any) -> None:
+        """One attempt's usage as a ``task_usage`` event (only bounded numbers: the worker's report is untrusted)."""
+        if not isinstance(usage, dict):
+            return
+        counted: dict[str, Any] = {}
+        for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
+                counted[key] = value
+        cost = usage.get("cost_usd")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool) and 0 <= cost < 10**6:
+            counted["cost_usd"] = round(float(cost), 6)
+        model = usage.get("model")
+        if isinstance(model, str):
+            counted["model"] = model[:80]
+        if counted:
+            self._emit(E.TaskUsage(tid, wid, **counted))
 
     def _release(self, wid: int, status: str = S.PENDING, error: str = "") -> list[str]:
         """The tasks ``wid`` holds go to ``status`` (in memory; the caller saves)."""
@@ -592,7 +691,7 @@ class _Run:
                         self.claims[wid] = _Claim(task_id, start, level, time.monotonic())
                         self.last_task[wid] = task_id
                         self.changed.notify_all()
-                        self._emit(E.TaskClaimed(task_id, wid, attempt, level))
+                        self._emit(E.TaskClaimed(task_id, wid, attempt, level, start))
                         raw_text = self.raw_of.get(task_id)
                         raw = json.loads(raw_text) if raw_text is not None else json.loads(self.graph.raw_task(task_id))
                         return {
@@ -670,6 +769,7 @@ class _Run:
             if not self._owns(wid, task_id):
                 return {"ok": True, "status": "lost", "error": f"task {task_id} is no longer claimed by worker {wid}"}
             claim = self.claims[wid]
+            self.starts[task_id] = claim.start
         # Verified outside the lock (other workers claim and finish meanwhile), in an incoming ref of its own;
         # adopted onto the worker branch below, under the lock, only if the task is still this worker's: a
         # task the timeout failed meanwhile must not reach the worker branch (and so the base).
@@ -712,6 +812,7 @@ class _Run:
                 self.tips[wid] = commit
             task = self._set(task_id, status=status, commit=commit, error=error[:500])
             self._add_cost(task, message.get("usage"))
+            self._usage_event(task_id, wid, message.get("usage"))
             if status == S.DONE:
                 task.pop("checkpoint", None)
             self._check_budget()
@@ -737,6 +838,7 @@ class _Run:
                 message=f"cost budget reached: ${self.cost:.2f} of workers.max_cost_usd=${budget:g}; raise it and run again to resume",
             )
             self._save(status=self.run_doc["status"], message=self.run_doc["message"])
+            self._stopping_event(self.run_doc["message"])
 
     def _checkpoint(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:
         """The worker's agent reached its context threshold: keep the work so far (verified like any result)
@@ -765,6 +867,7 @@ class _Run:
                 task_id, checkpoint=kept, error=_clip(f"checkpoint after {str(message.get('reason') or 'the context limit')}", 300)
             )
             self._add_cost(task, message.get("usage"))
+            self._usage_event(task_id, wid, message.get("usage"))
             self._check_budget()
             self._save()
             self.claims.pop(wid, None)
@@ -886,9 +989,15 @@ class _Run:
                     f"another `mahabharatha kurukshetra` is running feature {self.plan.feature} in {self.plan.repo}",
                     hint="wait for it, or stop it with `mahabharatha stop`",
                 ) from None
+            # Under the lock: one run appends to the feature's journal at a time (a resumed run continues it).
+            self.journal = JournalWriter(self.plan.repo, self.plan.feature)
             return self._run()
         finally:
             self._restore_signals()  # Ctrl-C works again once the workers are stopped and closed
+            journal, self.journal = self.journal, None
+            if journal is not None:
+                with contextlib.suppress(OSError):
+                    journal.close()  # fsync: the run's record survives a crash of the machine
             os.close(lock_fd)
             self.store.close()
 
@@ -900,7 +1009,10 @@ class _Run:
         with self.lock:
             self._load(self.store.read() or data)
         done = sum(c.get(S.DONE, 0) for c in self.counts.values())
-        self._emit(E.RunStarted(plan.feature, len(self.tasks), tuple(self.run_doc.get("levels") or ()), resumed, done, int(self.run_doc.get("level", 0))))
+        self._emit(E.RunStarted(
+            plan.feature, len(self.tasks), tuple(self.run_doc.get("levels") or ()), resumed, done,
+            int(self.run_doc.get("level", 0)), self._base_commit(),
+        ))
         fifo = _FifoReader(self.store, self.events)
         self.server = ChannelServer({spec.worker_id: spec.channel_socket for spec in plan.workers}, self.handle)
         try:
@@ -1003,6 +1115,7 @@ class _Run:
                         self.stopping = True
                         self.changed.notify_all()
                     if status == "stopped":  # e.g. `mahabharatha stop` asked through the state
+                        self._stopping_event(str(self.run_doc.get("message") or "stop requested"))
                         if not self.stopped_by_user:
                             self._log(f"run stopped ({self.run_doc.get('message') or 'stop requested'}): stopping the workers")
                         self.launcher.stop_all()

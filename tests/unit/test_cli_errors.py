@@ -304,11 +304,16 @@ def test_status_of_a_running_state_without_an_orchestrator_says_to_resume(repo: 
     assert "no `mahabharatha kurukshetra` is running for it: run it again to resume" in capsys.readouterr().out
 
 
-def test_json_without_dry_run_starts_nothing(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text('{"feature": "feat", "tasks": [{"id": "A", "level": 1}]}')
+def test_json_run_with_a_bad_graph_prints_no_document_and_starts_nothing(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `kurukshetra --json` runs the feature and prints the result document (tests/unit/test_live.py); an error
+    # before the run is still one line on stderr, with nothing on stdout for a script to mistake for a result.
+    (repo / ".gsd" / "specs" / "feat" / "task-graph.json").write_text(
+        '{"feature": "feat", "tasks": [{"id": "A", "level": 1, "dependencies": ["Z"]}]}'
+    )
     assert main(["kurukshetra", "--json", "--mode", "subprocess", "--repo", str(repo)]) == 2
-    _one_line_error(capsys, "--json", "--dry-run")
-    assert not (repo / ".mahabharatha").exists()
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "Z" in captured.err
+    assert not (repo / ".mahabharatha" / "state").exists()
 
 
 def test_gsd_that_is_a_file(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
