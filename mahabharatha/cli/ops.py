@@ -120,7 +120,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=1, sort_keys=True)
         print()
         return 0
-    print(f"Feature {feature}: {data['status']}, level {data['level']} of {data['levels']}" + (f" ({data['message']})" if data.get("message") else ""))
+    levels = data["levels"]
+    where = f"level {data['level']}" + (f" (levels {levels[0]}-{levels[-1]})" if len(levels) > 1 else "")
+    print(f"Feature {feature}: {data['status']}, {where}" + (f" ({data['message']})" if data.get("message") else ""))
     if data["status"] == S.RUNNING and not run_in_progress(repo, feature):
         # The orchestrator was killed (SIGKILL, a crash, a reboot): nothing merges levels until it runs again.
         print("  no `mahabharatha kurukshetra` is running for it: run it again to resume (or `mahabharatha stop` the workers)")

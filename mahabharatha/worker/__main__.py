@@ -470,7 +470,9 @@ class Worker:
             error = ""
             if run.stopped_for == "budget":
                 spent = estimate_cost(usage or {})
-                error = f"cost budget reached: ${spent:.2f} of workers.max_cost_usd_per_task=${self.max_cost:g}; the agent was stopped"
+                money = (lambda x: f"${x:.2f}" if x >= 0.01 or x == 0 else f"${x:.6f}".rstrip("0"))
+                error = (f"cost budget reached: {money(spent)} of workers.max_cost_usd_per_task={money(self.max_cost)}; "
+                         "the agent was stopped")
             elif run.parser is not None and run.parser.prompt_too_long:
                 error = f"the prompt is too long for the model: {run.reason()}"
             elif code != 0 or (run.parser is not None and run.parser.is_error):

@@ -437,7 +437,7 @@ def test_the_per_task_budget_stops_claude_and_fails_the_task(harness: Harness) -
     assert time.monotonic() - started < 45, lines  # the 60 s Bash call did not run to its end
     record = harness.state()["tasks"]["spend"]
     assert record["error"].startswith("cost budget reached: $"), record["error"]
-    assert "of workers.max_cost_usd_per_task=$1e-06; the agent was stopped" in record["error"], record["error"]
+    assert "of workers.max_cost_usd_per_task=$0.000001; the agent was stopped" in record["error"], record["error"]
     assert record["usage"]["input_tokens"] == 1200, record  # what the one message cost, counted
     assert harness.files() == set()
 
@@ -449,7 +449,7 @@ def test_the_run_budget_stops_the_run_after_the_task_that_reached_it(harness: Ha
     )
     result, lines = harness.run(graph, config="  max_cost_usd: 0.000001\n")
     assert result.status == "stopped", lines
-    assert "cost budget reached" in result.message and "workers.max_cost_usd=$1e-06" in result.message, result.message
+    assert "cost budget reached" in result.message and "workers.max_cost_usd=$0.000001" in result.message, result.message
     tasks = harness.state()["tasks"]
     assert tasks["a"]["status"] == "done" and tasks["a"]["usage"]["cost_usd"] > 0, tasks
     assert tasks["b"]["status"] == "pending" and harness.requests("b") == [], tasks  # b's claude never ran
