@@ -10,12 +10,13 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GraphError, LaunchError
+from ..errors import LaunchError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.graph import TaskGraph
@@ -27,33 +28,33 @@ __all__ = ["cmd_kurukshetra", "cmd_demo", "format_summary", "read_graph"]
 _stdout_gone = False
 
 
+_output_lock = threading.Lock()  # events arrive from several threads: one whole line at a time
+
+
 def _say(text: str) -> None:
     """A progress line on stdout. A reader that left (`kurukshetra | head -2`) is no reason to stop the
     workers: further lines are dropped, the run goes on, and the exit code still reports it."""
-    global _stdout_gone
-    if _stdout_gone:
-        return
-    try:
-        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-    except BrokenPipeError:
-        _stdout_gone = True
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    _say_plain(f"[{time.strftime('%H:%M:%S')}] {text}")
 
 
 def _say_plain(text: str) -> None:
     global _stdout_gone
-    if _stdout_gone:
-        return
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        _stdout_gone = True
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    with _output_lock:
+        if _stdout_gone:
+            return
+        try:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_gone = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _say_err(text: str) -> None:
     """Progress lines when stdout carries the JSON result (``kurukshetra --json``)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+    with _output_lock:
+        sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
+        sys.stderr.flush()
 
 
 def read_graph(repo: str, feature: str) -> TaskGraph:
@@ -132,8 +133,6 @@ def _dirty_worktree_notes(launch_plan: Any) -> list[str]:
 
 
 def cmd_kurukshetra(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-
     if getattr(args, "dry_run", False):
         from .dryrun import run_dry_run
 
