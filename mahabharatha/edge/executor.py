@@ -701,21 +701,15 @@ def launch_fleet(plan: LaunchPlan, *, client: DockerClient | None = None, keep_f
 @contextlib.contextmanager
 def run_lock(plan: LaunchPlan) -> Iterator[None]:
     """Hold the feature's run lock (the one a running ``kurukshetra`` holds), or raise :class:`LaunchError`."""
-    import fcntl
-
     from ..worker.state import StateStore
 
-    store = StateStore(plan.state_dir, plan.feature)
-    os.makedirs(store.dir, exist_ok=True)
-    fd = os.open(store.run_lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = StateStore(plan.state_dir, plan.feature).try_run_lock()
+    if fd is None:
+        raise LaunchError(
+            f"a run of feature {plan.feature} is in progress in {plan.repo}; not replacing its containers",
+            hint=f"wait for it, or stop it first with `mahabharatha stop --feature {plan.feature}`",
+        )
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LaunchError(
-                f"a run of feature {plan.feature} is in progress in {plan.repo}; not replacing its containers",
-                hint=f"wait for it, or stop it first with `mahabharatha stop --feature {plan.feature}`",
-            ) from None
         yield
     finally:
         os.close(fd)

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import heapq
 import json
 import os
@@ -980,15 +979,13 @@ class _Run:
 
     def run(self) -> RunResult:
         os.makedirs(self.store.dir, exist_ok=True)
-        lock_fd = os.open(self.store.run_lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        lock_fd = self.store.try_run_lock()
+        if lock_fd is None:
+            raise OrchestrationError(
+                f"another `mahabharatha kurukshetra` is running feature {self.plan.feature} in {self.plan.repo}",
+                hint="wait for it, or stop it with `mahabharatha stop`",
+            )
         try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OrchestrationError(
-                    f"another `mahabharatha kurukshetra` is running feature {self.plan.feature} in {self.plan.repo}",
-                    hint="wait for it, or stop it with `mahabharatha stop`",
-                ) from None
             # Under the lock: one run appends to the feature's journal at a time (a resumed run continues it).
             self.journal = JournalWriter(self.plan.repo, self.plan.feature)
             return self._run()

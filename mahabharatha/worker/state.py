@@ -518,6 +518,18 @@ class StateStore:
         finally:
             os.close(fd)
 
+    def try_run_lock(self) -> int | None:
+        """Take the feature's run lock (held by the one process driving its run) without waiting: the open
+        descriptor (closing it releases the lock), or None when another process holds it."""
+        os.makedirs(self.dir, exist_ok=True)
+        fd = os.open(self.run_lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the feature's lock file (blocking); kept for callers that serialise other work on it."""
