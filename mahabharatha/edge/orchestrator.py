@@ -41,13 +41,14 @@ from ..core.graph import TaskGraph
 from ..core.model import LaunchPlan
 from ..core.plan import run_branch_prefix, worker_branch_prefix
 from ..core.policy import ExitFacts, HeldTask, decide
-from ..errors import OrchestrationError
+from ..errors import MahabharathaError, OrchestrationError
 from ..worker import protocol as P
 from ..worker import state as S
 from . import worktrees as _worktrees
 from .channel import ChannelServer
 from .git import git, git_ok
 from .importer import ImportRejected, adopt, discard, import_bundle
+from .safefs import append_line_nofollow
 from .journal import JournalWriter
 from .launchers import ContainerLauncher, SubprocessLauncher
 
@@ -610,14 +611,9 @@ class _Run:
     def _note(self, line: str) -> None:
         """Append one line to the feature's progress.md (the orchestrator's words; never through a symlink)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        clean = "".join(ch if ch.isprintable() else " " for ch in line)[: P.MAX_PROGRESS_CHARS]
-        with contextlib.suppress(OSError):
-            fd = os.open(self.progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
-            try:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    os.write(fd, f"- {stamp} {clean}\n".encode("utf-8", "replace"))
-            finally:
-                os.close(fd)
+        prefix = f"- {stamp} "
+        with contextlib.suppress(MahabharathaError, OSError):  # a note, never a reason to stop the run
+            append_line_nofollow(self.progress_path, prefix + line, limit_line=len(prefix) + P.MAX_PROGRESS_CHARS)
 
     # -- the workers' channel --------------------------------------------------------------------------------
     def handle(self, wid: int, message: dict[str, Any], blob: bytes | None) -> dict[str, Any]:

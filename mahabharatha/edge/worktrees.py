@@ -17,15 +17,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..core.model import Worktree
 from ..core.plan import DOTGIT_CONTENT, run_branch_prefix, runtime_dir, worker_branch_prefix
-from ..errors import WorktreeError
+from ..errors import FileAccessError, WorktreeError
 from .git import git, git_ok
+from .safefs import read_regular, remove_tree_nofollow
 
 __all__ = [
     "ensure_base_branch",
@@ -232,16 +232,12 @@ def _ensure_one(repo: str | os.PathLike[str], wt: Worktree, host_git: bool) -> N
 
 
 def _read_small(path: str, limit: int = 4096) -> str:
+    """A small regular file's text ("" when missing, a link, not a regular file or too big)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        data = read_regular(path, limit=limit, what="workspace file", follow_symlinks=False, missing_ok=True)
+    except (FileAccessError, OSError):
         return ""
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        return os.read(fd, limit).decode("utf-8", "replace")
-    finally:
-        os.close(fd)
+    return (data or b"").decode("utf-8", "replace")
 
 
 def ensure_worktree(repo: str | os.PathLike[str], wt: Worktree, *, host_git: bool = False) -> None:
@@ -406,27 +402,12 @@ def uncommitted_changes(repo: str | os.PathLike[str], path: str | os.PathLike[st
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
     """Remove a directory tree a container wrote, never following its symlinks; read-only directories are made
-    writable first. Raises :class:`WorktreeError` naming what could not be removed (e.g. files of another user)."""
-    def onerror(func: Callable[..., object], failed: str, exc_info: object) -> None:
-        parent = os.path.dirname(failed)
-        with contextlib.suppress(OSError):
-            if not os.path.islink(parent):
-                os.chmod(parent, stat.S_IRWXU)
-        try:
-            func(failed)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise WorktreeError(
-                f"cannot remove {failed}: {exc.strerror}",
-                hint="it belongs to another user (e.g. root): remove it as that user",
-            ) from None
-
-    if os.path.lexists(path):
-        if os.path.islink(path) or not os.path.isdir(path):
-            os.unlink(path)
-            return
-        shutil.rmtree(path, onerror=onerror)
+    writable first (:func:`~mahabharatha.edge.safefs.remove_tree_nofollow`). Raises :class:`WorktreeError`
+    naming what could not be removed (e.g. files of another user)."""
+    try:
+        remove_tree_nofollow(path)
+    except FileAccessError as exc:
+        raise WorktreeError(exc.message, hint=exc.hint) from None
 
 
 def remove_worktree(
