@@ -830,7 +830,7 @@ class _Run:
         if self.cost >= budget:
             self.run_doc.update(
                 status="stopped",
-                message=f"cost budget reached: {_money(self.cost)} of workers.max_cost_usd={_money(budget)}; raise it and run again to resume",
+                message=f"cost budget reached: {P.format_money(self.cost)} of workers.max_cost_usd={P.format_money(budget)}; raise it and run again to resume",
             )
             self._save(status=self.run_doc["status"], message=self.run_doc["message"])
             self._stopping_event(self.run_doc["message"])
@@ -1170,11 +1170,6 @@ def _add_usage(task: dict[str, Any], usage: Any) -> None:
         total["model"] = model[:80]
     if total:
         task["usage"] = total
-
-
-def _money(amount: float) -> str:
-    """US dollars as people read them: cents, or more digits for amounts under a cent."""
-    return f"${amount:.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.6f}".rstrip("0")
 
 
 def _clip(text: str, limit: int) -> str:

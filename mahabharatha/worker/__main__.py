@@ -470,9 +470,8 @@ class Worker:
             error = ""
             if run.stopped_for == "budget":
                 spent = estimate_cost(usage or {})
-                money = (lambda x: f"${x:.2f}" if x >= 0.01 or x == 0 else f"${x:.6f}".rstrip("0"))
-                error = (f"cost budget reached: {money(spent)} of workers.max_cost_usd_per_task={money(self.max_cost)}; "
-                         "the agent was stopped")
+                error = (f"cost budget reached: {P.format_money(spent)} of workers.max_cost_usd_per_task="
+                         f"{P.format_money(self.max_cost)}; the agent was stopped")
             elif run.parser is not None and run.parser.prompt_too_long:
                 error = f"the prompt is too long for the model: {run.reason()}"
             elif code != 0 or (run.parser is not None and run.parser.is_error):

@@ -121,3 +121,8 @@ def checkpoint_ref(feature: str, task_id: str) -> str:
     """Where a task's work so far is kept when its agent reached the context threshold (the next attempt
     continues from it)."""
     return f"refs/mahabharatha/checkpoint/{feature}/{task_id}"
+
+
+def format_money(amount: float) -> str:
+    """US dollars as people read them: cents, or more digits for amounts under a cent (a budget of 1e-06)."""
+    return f"${amount:.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.6f}".rstrip("0")
