@@ -11,8 +11,10 @@ passed to it, never text from elsewhere.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .. import events as E
@@ -129,6 +131,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _review(args: argparse.Namespace) -> Iterator[tuple[str, dict, dict]]:
+    """A state transaction on the level waiting for review: (feature, state document, review record)."""
+    from .ops import repo_feature, state_store
+
+    repo, feature = repo_feature(args)
+    store = state_store(repo, feature)
+    if not store.exists():
+        raise MahabharathaError(f"no run state for feature {feature!r}", hint="start one with `mahabharatha kurukshetra`")
+    with store.transaction() as data:
+        yield feature, data, _waiting(data, feature)
+
+
 def _waiting(data: dict, feature: str) -> dict:
     review = data.get("review") if isinstance(data.get("review"), dict) else {}
     if review.get("state") != "waiting":
@@ -141,14 +156,7 @@ def _waiting(data: dict, feature: str) -> dict:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     """Let the level under review merge (the run waiting on it goes on)."""
-    from .ops import repo_feature, state_store
-
-    repo, feature = repo_feature(args)
-    store = state_store(repo, feature)
-    if not store.exists():
-        raise MahabharathaError(f"no run state for feature {feature!r}", hint="start one with `mahabharatha kurukshetra`")
-    with store.transaction() as data:
-        review = _waiting(data, feature)
+    with _review(args) as (_feature, _data, review):
         review["state"] = "approved"
         level = review.get("level")
     print(f"Level {level} approved: the run merges it and goes on.")
@@ -158,14 +166,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
 def cmd_reject(args: argparse.Namespace) -> int:
     """Fail a done task of the level under review; its work is kept under its failed ref, never merged."""
     from ..worker.protocol import failed_ref
-    from .ops import repo_feature, state_store
 
-    repo, feature = repo_feature(args)
-    store = state_store(repo, feature)
-    if not store.exists():
-        raise MahabharathaError(f"no run state for feature {feature!r}", hint="start one with `mahabharatha kurukshetra`")
-    with store.transaction() as data:
-        review = _waiting(data, feature)
+    with _review(args) as (feature, data, review):
         task = data["tasks"].get(args.task)
         if task is None or task.get("level") != review.get("level") or task.get("status") != "done":
             raise MahabharathaError(
