@@ -15,6 +15,7 @@ from typing import Any
 
 from .core.auth import discover_auth
 from .core.config import CONFIG_RELPATH, load_config, validate_feature
+from .core.engine import engine_target, host_of, is_remote_host
 from .core.graph import TaskGraph
 from .core.model import LaunchPlan
 from .core.plan import build_plan
@@ -78,7 +79,14 @@ def plan(
     )
     if graph is None:
         graph = _read_graph_if_any(root, feature)
+    engine = engine_target(env.get("DOCKER_HOST") or None, _docker_context(env, home_dir), config.workers.transport)
+    remote = engine.transport == "remote" or config.workers.launcher_type == "swarm"
+    channel_host = ""
+    if remote and config.workers.launcher_type != "subprocess" and not config.workers.channel_address:
+        channel_host = _address_towards(host_of(engine.host) if is_remote_host(engine.host) else "")
     return build_plan(
+        engine=engine,
+        channel_host=channel_host,
         graph=graph,
         repo=str(root),
         feature=feature,
@@ -91,6 +99,47 @@ def plan(
         requested_workers=workers,
         config_path=str(config_path),
     )
+
+
+def _docker_context(env: Mapping[str, str], home: Path) -> tuple[str, str] | None:
+    """The current Docker context's ``(name, engine address)`` (``DOCKER_CONTEXT``, else ``currentContext`` in
+    the Docker CLI's config.json), or None for the default context or when it cannot be read."""
+    import hashlib
+    import json
+
+    config_dir = Path(env.get("DOCKER_CONFIG") or home / ".docker")
+    name = env.get("DOCKER_CONTEXT") or ""
+    if not name:
+        text = _read_home_file(config_dir / "config.json", 1 << 20)
+        try:
+            name = str((json.loads(text) if text else {}).get("currentContext") or "")
+        except (ValueError, AttributeError):
+            return None
+    if not name or name == "default":
+        return None
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    text = _read_home_file(meta, 1 << 20)
+    try:
+        host = json.loads(text)["Endpoints"]["docker"]["Host"] if text else ""
+    except (ValueError, KeyError, TypeError):
+        return None
+    return (name, host) if isinstance(host, str) and host else None
+
+
+def _address_towards(host: str) -> str:
+    """This machine's address on the route to ``host`` (a UDP socket's local address: no packet is sent);
+    "" when it cannot be found. For a local engine (no host) there is no useful default."""
+    import socket
+
+    if not host:
+        return ""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)
+            return str(probe.getsockname()[0])
+    except OSError:
+        return ""
 
 
 def _read_graph_if_any(root: Path, feature: str) -> TaskGraph | None:

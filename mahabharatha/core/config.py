@@ -46,7 +46,11 @@ class WorkersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     max_concurrent: Annotated[int, Meta(ge=1, le=10_000)] = 5
     timeout_minutes: Annotated[int, Meta(ge=1, le=525_600)] = 60
     retry_attempts: Annotated[int, Meta(ge=0, le=100)] = 2
-    launcher_type: Literal["subprocess", "container"] = "subprocess"
+    launcher_type: Literal["subprocess", "container", "swarm"] = "subprocess"
+    # How workspaces, the runtime and results reach workers: "local" bind mounts, "remote" the worker channel
+    # only (engines that cannot see this machine's files); "auto" picks remote for tcp:// and ssh:// engines.
+    transport: Literal["auto", "local", "remote"] = "auto"
+    channel_address: str = ""  # HOST[:PORT] remote workers dial; "" = this machine's address towards the engine
     container_prefix: str = "mahabharatha-worker"
     agent_command: str = DEFAULT_AGENT_COMMAND
     model: str | None = None  # Claude Code's --model
@@ -92,7 +96,9 @@ _EXPECTED: dict[str, str] = {
     "workers.max_concurrent": "a whole number from 1 to 10000",
     "workers.timeout_minutes": "a whole number of minutes >= 1",
     "workers.retry_attempts": "a whole number from 0 to 100",
-    "workers.launcher_type": "'subprocess' or 'container'",
+    "workers.launcher_type": "'subprocess', 'container' or 'swarm'",
+    "workers.transport": "'auto', 'local' or 'remote'",
+    "workers.channel_address": "HOST or HOST:PORT of this machine, as the engine's containers reach it",
     "workers.container_prefix": "a Docker name prefix like 'mahabharatha-worker'",
     "workers.agent_command": "a non-empty shell command",
     "workers.model": "a model name like 'claude-sonnet-4-5', or null",
@@ -118,6 +124,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "resources.container_cpu_limit": ("ZERG_CONTAINER_CPUS", "MAHABHARATHA_CONTAINER_CPUS"),
     "resources.container_image": ("ZERG_CONTAINER_IMAGE", "MAHABHARATHA_CONTAINER_IMAGE"),
     "workers.container_prefix": ("ZERG_CONTAINER_PREFIX", "MAHABHARATHA_CONTAINER_PREFIX"),
+    "workers.transport": ("MAHABHARATHA_TRANSPORT",),
+    "workers.channel_address": ("MAHABHARATHA_CHANNEL_ADDRESS",),
 }
 
 _DECIMAL_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
@@ -298,7 +306,7 @@ def _from_file(path: str, raw: dict[str, Any]) -> Config:
         raise _error(path, field, value) from None
     # Semantic checks msgspec cannot express (anchored patterns, Docker's memory grammar).
     for field in ("workers.container_prefix", "workers.agent_command", "resources.container_memory_limit",
-                  "resources.container_image"):
+                  "resources.container_image", "workers.channel_address"):
         section, key = field.split(".")
         if key in sections.get(section, {}):
             config = _override(config, field, getattr(getattr(config, section), key), path, from_text=False)
@@ -353,6 +361,12 @@ def _check(field: str, value: Any, source: str, *, from_text: bool) -> Any:
     if field == "resources.container_image":
         if not isinstance(value, str) or len(value) > 255 or not _IMAGE_RE.fullmatch(value):
             raise _error(source, field, value)
+    if field == "workers.channel_address" and value != "":
+        from .engine import parse_channel_address
+
+        if not isinstance(value, str):
+            raise _error(source, field, value)
+        parse_channel_address(value, source)
     if field == "workers.agent_command":
         if not isinstance(value, str) or not value.strip() or "\x00" in value:
             raise _error(source, field, value)

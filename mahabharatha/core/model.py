@@ -26,6 +26,7 @@ __all__ = [
     "PlannedFile",
     "Worktree",
     "AuthSummary",
+    "ChannelEndpoint",
     "WorkerSpec",
     "LaunchPlan",
     "LABEL_PREFIX",
@@ -123,6 +124,22 @@ class AuthSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.claude_login_copied is not None
 
 
+class ChannelEndpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where workers reach the orchestrator. ``unix``: one socket per worker, its directory bind-mounted
+    (local transport). ``tcp``: one listener at ``host:port`` on this machine for all workers, each proving
+    which worker it is with a token of its own made when the run starts (remote transport: nothing mounted).
+    Port 0 means a free port chosen when the run starts."""
+
+    kind: Literal["unix", "tcp"] = "unix"
+    host: str = ""
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}" if self.kind == "tcp" else ""
+
+
 class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything needed to start one worker container."""
 
@@ -148,7 +165,9 @@ class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     worktree: Worktree
     files: tuple[PlannedFile, ...]  # host files the executor writes before start
     log_path: str  # host path of the worker's stdout log
-    channel_socket: str  # host path of the orchestrator's socket for this worker (its directory is mounted)
+    # Local transport: host path of the orchestrator's socket for this worker (its directory is mounted).
+    # Remote transport: "" (the plan's ChannelEndpoint; the token is made when the run starts).
+    channel_socket: str
     ready_timeout_s: float = READY_TIMEOUT_S
     start_timeout_s: float = WORKER_START_TIMEOUT_S
 
@@ -166,7 +185,7 @@ class LaunchPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     plan_id: str  # stable hash of everything below (same inputs, same id)
     repo: str  # absolute repository root
     feature: str
-    mode: Literal["container", "subprocess"]
+    mode: Literal["container", "subprocess", "swarm"]
     image: str
     container_prefix: str
     base_branch: str  # mahabharatha/<feature>/base
@@ -186,3 +205,15 @@ class LaunchPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # such a plan can be rendered and its fleet started, but not executed).
     graph: TaskGraph | None = None
     review: bool = False  # workers.review: each level waits for `mahabharatha approve` before its merge
+    # Where the containers run and how work reaches them. "local": the engine shares this machine's files
+    # (bind mounts, a Unix socket per worker). "remote": it does not (tcp://, ssh://, a Swarm): nothing is
+    # mounted, the workspace and the runtime arrive over the TCP channel, results return the same way.
+    transport: Literal["local", "remote"] = "local"
+    engine: str = ""  # the Docker engine's address, as found (DOCKER_HOST, a context's endpoint, the socket)
+    engine_source: str = ""  # where that address came from: "DOCKER_HOST", "context NAME" or "default"
+    channel: ChannelEndpoint = ChannelEndpoint()
+
+    @property
+    def containers(self) -> bool:
+        """Workers run in containers (a Docker engine or a Swarm), not as host processes."""
+        return self.mode != "subprocess"

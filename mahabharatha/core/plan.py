@@ -21,8 +21,10 @@ import posixpath
 import msgspec
 
 from ..errors import ConfigError, GraphError
+from ..worker import bootstrap
 from ..worker import protocol as P
 from .config import Config, validate_feature
+from .engine import EngineTarget, engine_target, loopback, parse_channel_address
 from .graph import TaskGraph
 from .memory import MEMORY_FORMS, MemoryLimitError, parse_memory
 from .model import (
@@ -32,6 +34,7 @@ from .model import (
     LABEL_REPO,
     LABEL_WORKER,
     AuthSummary,
+    ChannelEndpoint,
     EnvVar,
     Label,
     LaunchPlan,
@@ -70,6 +73,7 @@ SUBPROCESS_NOTICE = (
 )
 PLAN_ID_LENGTH = 12
 OVERLAY_MOUNT = "/opt/mahabharatha/overlay"
+SWARM_SECRETS_DIR = "/run/secrets"
 REPO_GSD = "/repo/.gsd"
 
 # Contents of the overlay files: the workspace's .git file names the private git directory.
@@ -153,11 +157,17 @@ def build_plan(
     config_path: str = "",
     notices: tuple[str, ...] = (),
     graph: TaskGraph | None = None,
+    engine: EngineTarget | None = None,
+    channel_host: str = "",
 ) -> LaunchPlan:
     """Compute the whole launch from already-gathered inputs. Pure and deterministic.
 
     ``graph`` is the feature's validated task graph (carried by the plan, part of its id); it must be for
     ``feature``.
+
+    ``engine`` is the Docker engine the plan targets (default: the local socket, or a remote target when
+    ``workers.transport`` says so); ``channel_host`` is the address of this machine the engine's containers
+    reach it at, used for remote workers when ``workers.channel_address`` names none (the caller finds it).
 
     ``repo`` and ``worker_runtime_dir`` must be absolute, resolved paths. ``requested_workers`` defaults to
     ``workers.max_concurrent`` and is capped by it (with a notice). Raises ConfigError for bad inputs.
@@ -185,6 +195,18 @@ def build_plan(
             f"resources.container_memory_limit: expected {MEMORY_FORMS}, found {r.container_memory_limit!r} ({exc})"
         ) from None
 
+    if engine is None:
+        engine = engine_target(None, None, w.transport)
+    transport = "remote" if w.launcher_type == "swarm" else engine.transport
+    if w.launcher_type == "swarm" and w.transport == "local":
+        raise ConfigError(
+            "workers.transport: 'local' cannot work with workers.launcher_type: swarm (its nodes do not share "
+            "this machine's files); use 'remote' or 'auto'"
+        )
+    if w.launcher_type == "subprocess":
+        transport = "local"
+    channel = _channel(w.channel_address, channel_host, engine) if transport == "remote" else ChannelEndpoint()
+
     all_notices = list(notices)
     count = min(requested_workers, w.max_concurrent)
     if count < requested_workers:
@@ -192,6 +214,17 @@ def build_plan(
     all_notices.extend(_auth_notices(auth, secrets, count, repo))
     if w.launcher_type == "subprocess":
         all_notices.append(SUBPROCESS_NOTICE)
+    if transport == "remote":
+        all_notices.append(
+            f"Remote transport: nothing is mounted; workers fetch the runtime and the workspace from "
+            f"{channel.url}" + (" (port 0: a free port, chosen when the run starts)" if channel.port == 0 else "")
+            + " with a token of their own; it is not encrypted: keep it on a network you trust"
+        )
+        if w.launcher_type == "swarm" and s.no_new_privileges:
+            all_notices.append(
+                "Swarm cannot apply security.no_new_privileges (services have no such field at API 1.41); "
+                "the other hardening (read-only root, dropped capabilities, non-root user, limits) applies"
+            )
 
     base = base_branch(feature)
     shared_state_dir = state_dir(repo)
@@ -262,6 +295,9 @@ def build_plan(
     cpus = float(r.container_cpu_limit)
     wt_root = _worktree_root(repo, feature)
 
+    remote = transport == "remote"
+    if remote:
+        env_layout, tmpfs = _remote_layout(env_layout, shared_env, channel, s.container_readonly, w.launcher_type)
     specs: list[WorkerSpec] = []
     worker_labels: list[Label] = []
     for n in range(count):
@@ -278,7 +314,7 @@ def build_plan(
         }
         environment = tuple(var if var is not None else EnvVar(name=name, value=per[name]) for name, var in env_layout)
         dotgit = f"{overlay}/dotgit"
-        mounts = (
+        mounts = () if remote else (
             Mount(source=wt_path, target=P.WORKSPACE, read_only=False),
             Mount(source=dotgit, target=f"{P.WORKSPACE}/.git", read_only=True),
             Mount(source=private, target=P.GIT_WORKTREE_DIR, read_only=False),
@@ -294,7 +330,7 @@ def build_plan(
                 worker_id=n,
                 name=f"{w.container_prefix}-{n}",
                 image=r.container_image,
-                command=WORKER_COMMAND,
+                command=bootstrap.COMMAND if remote else WORKER_COMMAND,
                 mounts=mounts,
                 tmpfs=tmpfs,
                 environment=environment,
@@ -311,12 +347,12 @@ def build_plan(
                 security_opt=security_opt,
                 init=True,
                 worktree=Worktree(worker_id=n, path=wt_path, branch=branch, base=base, git_dir=private),
-                files=(
+                files=() if remote else (
                     PlannedFile(path=dotgit, content=DOTGIT_CONTENT),
                     PlannedFile(path=f"{overlay}/exclude", content=EXCLUDE_CONTENT),
                 ),
                 log_path=f"{workers_log_dir}/worker-{n}.stdout.log",
-                channel_socket=socket_path,
+                channel_socket="" if remote else socket_path,
             )
         )
 
@@ -342,6 +378,10 @@ def build_plan(
         max_cost_usd=w.max_cost_usd,
         graph=graph,
         review=w.review,
+        transport=transport,
+        engine=engine.host if w.launcher_type != "subprocess" else "",
+        engine_source=engine.source if w.launcher_type != "subprocess" else "",
+        channel=channel,
     )
     plan_id = hashlib.sha256(plan_json(draft)).hexdigest()[:PLAN_ID_LENGTH]
     label_plan = Label(key=LABEL_PLAN, value=plan_id)
@@ -351,6 +391,59 @@ def build_plan(
         for spec, wl in zip(specs, worker_labels)
     )
     return replace(draft, plan_id=plan_id, workers=workers)
+
+
+def _channel(address: str, found_host: str, engine: EngineTarget) -> ChannelEndpoint:
+    """The endpoint remote workers dial: ``workers.channel_address``, else ``found_host`` (this machine's
+    address on the route to the engine). A loopback address cannot be reached from the engine's containers."""
+    host, port = parse_channel_address(address, "workers.channel_address") if address else (found_host, 0)
+    if not host:
+        raise ConfigError(
+            f"workers.channel_address: no address of this machine towards the engine {engine.host} was found; "
+            "set it to HOST or HOST:PORT that the engine's containers can reach"
+        )
+    if loopback(host):
+        raise ConfigError(
+            f"workers.channel_address: {host} is this machine's loopback, which containers of the engine "
+            f"{engine.host} cannot reach; set it (or MAHABHARATHA_CHANNEL_ADDRESS) to HOST[:PORT] they can reach"
+        )
+    return ChannelEndpoint(kind="tcp", host=host, port=port)
+
+
+def _remote_layout(
+    layout: list[tuple[str, EnvVar | None]], shared: dict[str, str], channel: ChannelEndpoint, read_only: bool,
+    launcher: str,
+) -> tuple[list[tuple[str, EnvVar | None]], tuple[Tmpfs, ...]]:
+    """The environment layout and tmpfs mounts of a worker nothing is mounted into: no /repo/.git (no
+    alternates: the history arrives as a pack), no overlay, the channel a TCP address, the spec in the home,
+    the workspace (and the runtime, under /tmp) in the container's memory."""
+    drop = {P.ENV_GIT_MAIN_DIR, "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"}
+    values = {
+        **shared,
+        P.ENV_CHANNEL: channel.url,
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "safe.directory",
+        "GIT_CONFIG_VALUE_0": "*",
+        P.ENV_SPEC_DIR: P.REMOTE_SPEC_DIR,
+        "PYTHONPATH": bootstrap.RUNTIME_DIR,
+    }
+    if launcher == "swarm":
+        values[P.ENV_SECRETS_DIR] = SWARM_SECRETS_DIR
+    names = sorted({name for name, _ in layout if name not in drop} | ({P.ENV_SECRETS_DIR} if launcher == "swarm" else set()))
+    per_worker = {name for name, var in layout if var is None}
+    out = [(name, None if name in per_worker else EnvVar(name=name, value=values[name])) for name in names]
+    workspace = Tmpfs(target=P.WORKSPACE, options=f"{_TMPFS_OPTIONS},mode=1777")
+    if read_only:
+        tmpfs = (
+            Tmpfs(target="/tmp", options=f"{_TMPFS_OPTIONS},size=512m,mode=1777"),
+            Tmpfs(target=P.WORKER_HOME, options=f"{_TMPFS_OPTIONS},size=256m,mode=1777"),
+            workspace,
+        )
+        if launcher != "swarm":  # (Swarm puts its secrets under /run/secrets)
+            tmpfs = (*tmpfs, Tmpfs(target="/run", options="rw,nosuid,nodev,size=16m"))
+    else:
+        tmpfs = (workspace,)
+    return out, tmpfs
 
 
 def _auth_notices(auth: AuthSummary, secrets: tuple[SecretEnvVar, ...], count: int, repo: str) -> list[str]:

@@ -114,7 +114,16 @@ MAX_BUNDLE_BYTES = 256 << 20  # one bundle (a task's commits)
 MAX_PROGRESS_CHARS = 500
 MAX_RESULT_FILE_BYTES = 100 << 20  # one file of a task's result, as git stores it (inflated)
 MAX_RESULT_BYTES = 1 << 30  # all files a task's result adds
-CHANNEL_OPS = frozenset({"hello", "claim", "finish", "park", "checkpoint", "release", "progress"})
+CHANNEL_OPS = frozenset({"hello", "claim", "finish", "park", "checkpoint", "release", "progress", "runtime"})
+# What the orchestrator may send a remote worker in one reply (the base commit's history, as a git pack).
+MAX_SYNC_BYTES = 4 << 30
+# Remote transport (no bind mounts): the channel is tcp://HOST:PORT and every connection first proves which
+# worker it is with that worker's token ({"op": "auth", "token": ...}).
+ENV_CHANNEL_TOKEN = "MAHABHARATHA_CHANNEL_TOKEN"
+ENV_SECRETS_DIR = "MAHABHARATHA_SECRETS_DIR"  # Swarm: credentials as files, read into the environment
+AUTH_TIMEOUT_S = 10.0  # a TCP connection that has not authenticated by then is closed
+REMOTE_SPEC_DIR = "/home/worker/.mahabharatha-spec"  # the feature's spec files, sent in the hello reply
+MAX_SPEC_BYTES = 512 << 10
 
 
 def checkpoint_ref(feature: str, task_id: str) -> str:

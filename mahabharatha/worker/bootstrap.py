@@ -1,0 +1,39 @@
+"""The first code a worker runs where the engine cannot see this machine's files (``workers.transport: remote``).
+
+Nothing is bind-mounted there, so the worker runtime itself arrives over the worker channel: this program
+(passed as ``python3 -c SOURCE``, so it is in the plan, visible in the dry-run) connects to the
+orchestrator's TCP endpoint, proves which worker it is with its token, fetches the runtime package (a tar)
+into ``RUNTIME_DIR`` and runs it. On Docker Swarm, credentials are files under ``$MAHABHARATHA_SECRETS_DIR``
+(Swarm secrets); they become environment variables here, as the Docker API's ``Env`` does elsewhere.
+
+With ``MAHABHARATHA_BOOTSTRAP_ONLY=1`` it only fetches (a Kubernetes init container fills an ``emptyDir``).
+Standard library only, kept short: it is part of every remote worker's command line.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SOURCE", "RUNTIME_DIR", "COMMAND"]
+
+RUNTIME_DIR = "/tmp/mahabharatha-lib"
+
+SOURCE = """\
+import io,json,os,socket,sys,tarfile
+E=os.environ;L=E.get("MAHABHARATHA_RUNTIME_DIR","%(lib)s");D=E.get("MAHABHARATHA_SECRETS_DIR")
+for n in sorted(os.listdir(D)) if D and os.path.isdir(D) else ():
+    E[n]=open(os.path.join(D,n)).read()
+h,_,p=E["MAHABHARATHA_CHANNEL"].split("://",1)[1].rpartition(":")
+s=socket.create_connection((h.strip("[]"),int(p)),60);f=s.makefile("rb")
+def ask(m):
+    s.sendall(json.dumps(m).encode()+b"\\n");r=json.loads(f.readline() or "{}")
+    if not r.get("ok"):sys.exit("bootstrap: the orchestrator refused: %%s"%%r.get("error","no answer"))
+    return r
+ask({"op":"auth","token":E["MAHABHARATHA_CHANNEL_TOKEN"]});n=ask({"op":"runtime"})["blob"];b=f.read(n);s.close()
+if len(b)!=n:sys.exit("bootstrap: the runtime arrived short")
+t=tarfile.open(fileobj=io.BytesIO(b))
+try:t.extractall(L,filter="data")
+except TypeError:t.extractall(L)
+if E.get("MAHABHARATHA_BOOTSTRAP_ONLY")=="1":sys.exit(0)
+E["PYTHONPATH"]=L;sys.path.insert(0,L);import runpy;runpy.run_module("mahabharatha_worker",run_name="__main__",alter_sys=True)
+""" % {"lib": RUNTIME_DIR}
+
+COMMAND = ("python3", "-c", SOURCE)
