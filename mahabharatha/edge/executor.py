@@ -46,6 +46,8 @@ from .images import BUILD_COMMAND
 if TYPE_CHECKING:  # pragma: no cover
     from docker import DockerClient
 
+    from .channel import ChannelLink
+
 __all__ = [
     "WorkerHandle",
     "Launch",
@@ -263,12 +265,16 @@ def write_planned_files(specs: Iterable[WorkerSpec]) -> None:
 def _prepare_host(plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> Callable[[WorkerSpec], None]:
     """Write overlay files, make the shared directories and the base branch; return ``prepare(spec)``, which
     creates that worker's worktree and checks its mount sources (called per worker, so containers of
-    earlier workers start while later worktrees are still being created)."""
-    write_planned_files(specs)
+    earlier workers start while later worktrees are still being created). Remote transport: only the host
+    logs' directories (nothing is mounted, the worker's git lives in its container)."""
     Path(plan.state_dir).mkdir(parents=True, exist_ok=True)
     Path(plan.log_dir).mkdir(parents=True, exist_ok=True)
     for spec in specs:
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+    if plan.transport == "remote":
+        return lambda _spec: None
+    write_planned_files(specs)
+    for spec in specs:
         for m in spec.mounts:
             # Shared directories of the main checkout may not exist in a fresh repository yet.
             if m.target in _SHARED_DIR_TARGETS:
@@ -677,13 +683,32 @@ def _checked(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> dict
         return _stale_containers(client, plan, specs)
 
 
-def _launch(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec], keep_failed: bool) -> tuple[WorkerHandle, ...]:
+def _bound(plan: LaunchPlan, specs: Sequence[WorkerSpec], link: ChannelLink | None) -> list[WorkerSpec]:
+    """The specs as launched: remote workers get the run's channel URL and their token (secrets, redacted in
+    logs like the others). A remote plan cannot start without the orchestrator's channel."""
+    if plan.transport != "remote":
+        return list(specs)
+    if link is None:
+        raise LaunchError(
+            "a remote-transport plan's workers fetch their runtime and workspace from the orchestrator's channel, "
+            "so they cannot be started without it",
+            hint="run the feature with mahabharatha.execute(plan) or `mahabharatha kurukshetra`",
+        )
+    return [link.bind(spec) for spec in specs]
+
+
+def _launch(
+    client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec], keep_failed: bool, link: ChannelLink | None = None
+) -> tuple[WorkerHandle, ...]:
     _container_plan(plan)
+    specs = _bound(plan, specs, link)
     stale = _checked(client, plan, specs)
     return _Fleet(client, plan, specs, stale).run(_prepare_host(plan, specs), keep_failed=keep_failed)
 
 
-def launch_fleet(plan: LaunchPlan, *, client: DockerClient | None = None, keep_failed: bool = False) -> Launch:
+def launch_fleet(
+    plan: LaunchPlan, *, client: DockerClient | None = None, keep_failed: bool = False, link: ChannelLink | None = None
+) -> Launch:
     """Start every planned worker and return when all of them announced themselves (no run lock: for the
     orchestrator, which holds it; everyone else calls :func:`start_fleet`).
 
@@ -694,7 +719,7 @@ def launch_fleet(plan: LaunchPlan, *, client: DockerClient | None = None, keep_f
     """
     _container_plan(plan)
     client = client if client is not None else make_client(workers=len(plan.workers))
-    handles = _launch(client, plan, plan.workers, keep_failed)
+    handles = _launch(client, plan, plan.workers, keep_failed, link)
     return Launch(plan.plan_id, plan.repo, plan.feature, handles)
 
 
@@ -724,6 +749,7 @@ def start_fleet(plan: LaunchPlan, *, client: DockerClient | None = None, keep_fa
     :func:`launch_fleet`.
     """
     _container_plan(plan)
+    _bound(plan, (), None)
     with run_lock(plan):
         return launch_fleet(plan, client=client, keep_failed=keep_failed)
 
@@ -731,13 +757,15 @@ def start_fleet(plan: LaunchPlan, *, client: DockerClient | None = None, keep_fa
 execute = start_fleet  # the old name of start_fleet (before mahabharatha.execute ran the whole feature)
 
 
-def start_worker(client: DockerClient, plan: LaunchPlan, spec: WorkerSpec, *, keep_failed: bool = False) -> WorkerHandle:
+def start_worker(
+    client: DockerClient, plan: LaunchPlan, spec: WorkerSpec, *, keep_failed: bool = False, link: ChannelLink | None = None
+) -> WorkerHandle:
     """(Re)start one planned worker, e.g. after it exited for its context limit.
 
     Same checks and guarantees as :func:`execute`, for one worker: its stale container is replaced, a
     same-named container of anyone else is refused.
     """
-    return _launch(client, plan, [spec], keep_failed)[0]
+    return _launch(client, plan, [spec], keep_failed, link)[0]
 
 
 def _exit_from(attrs: dict[str, Any], name: str = "") -> WorkerExit:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import WorktreeError
 
-__all__ = ["git", "git_ok", "HARDENING", "REPO_LOCATION_VARS"]
+__all__ = ["git", "git_ok", "pack_objects", "HARDENING", "REPO_LOCATION_VARS"]
 
 # -c options prepended to every host git command.
 HARDENING = (
@@ -56,6 +57,20 @@ def git(repo: str | os.PathLike[str], *args: str, check: bool = True, input: str
 def git_ok(repo: str | os.PathLike[str], *args: str) -> bool:
     """True when the git command succeeds (for existence checks such as ``rev-parse --verify``)."""
     return _run(["git", "-C", str(repo), *HARDENING, *args]).returncode == 0
+
+
+def pack_objects(repo: str | os.PathLike[str], wants: Iterable[str], haves: Iterable[str] = ()) -> bytes:
+    """A thin git pack of everything reachable from ``wants`` that is not reachable from ``haves`` (commits
+    the receiver has): what a remote worker, which has no alternates, needs to check out a commit."""
+    lines = [*wants, *(f"^{h}" for h in haves)]
+    proc = _run(
+        ["git", "-C", str(repo), *HARDENING, "pack-objects", "--revs", "--stdout", "--thin", "--delta-base-offset", "-q"],
+        input=("\n".join(lines) + "\n").encode("ascii"),
+    )
+    if proc.returncode != 0:
+        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise WorktreeError(f"git pack-objects failed in {Path(repo)}: {detail[-1] if detail else proc.returncode}")
+    return bytes(proc.stdout)
 
 
 def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:

@@ -190,9 +190,13 @@ class SubprocessLauncher:
 class ContainerLauncher:
     """Workers as containers through :mod:`.executor`; exits come from the engine's ``die`` events."""
 
-    def __init__(self, plan: LaunchPlan, events: queue.Queue[tuple[Any, ...]], out: Callable[[str], None], client: Any = None, keep_failed: bool = False) -> None:
+    def __init__(
+        self, plan: LaunchPlan, events: queue.Queue[tuple[Any, ...]], out: Callable[[str], None], client: Any = None,
+        keep_failed: bool = False, link: Any = None,
+    ) -> None:
         from . import executor
 
+        self.link = link  # the run's TCP channel (remote transport), else None
         self.executor = executor
         self.plan = plan
         self.events = events
@@ -235,7 +239,7 @@ class ContainerLauncher:
         return out
 
     def start_all(self) -> None:
-        launch = self.executor.launch_fleet(self.plan, client=self.client, keep_failed=self.keep_failed)
+        launch = self.executor.launch_fleet(self.plan, client=self.client, keep_failed=self.keep_failed, link=self.link)
         for handle in launch.workers:
             self.ids[handle.worker_id] = handle.container_id
 
@@ -248,7 +252,9 @@ class ContainerLauncher:
         delay = 0.1
         while True:
             try:
-                handle = self.executor.start_worker(self.client, self.plan, self.plan.workers[worker_id], keep_failed=self.keep_failed)
+                handle = self.executor.start_worker(
+                    self.client, self.plan, self.plan.workers[worker_id], keep_failed=self.keep_failed, link=self.link
+                )
                 break
             except LaunchError as exc:
                 if "already in use" not in str(exc) and "removal of container" not in str(exc) or time.monotonic() > deadline:

@@ -46,9 +46,9 @@ from ..worker import protocol as P
 from ..worker import state as S
 from . import worktrees as _worktrees
 from .channel import ChannelServer
-from .git import git, git_ok
+from .git import git, git_ok, pack_objects
 from .importer import ImportRejected, adopt, discard, import_bundle
-from .safefs import append_line_nofollow
+from .safefs import append_line_nofollow, read_regular
 from .journal import JournalWriter
 from .launchers import ContainerLauncher, SubprocessLauncher
 
@@ -70,6 +70,7 @@ _MAX_CONTEXT_RESTARTS = 10  # per task: an agent that always hits its limit must
 # Claims of one task in one run beyond every legitimate retry (context restarts, OOM retries, one spare): a
 # worker (or its agent, which can reach the channel) that keeps giving the task back must not loop forever.
 _MAX_EXTRA_CLAIMS = _MAX_CONTEXT_RESTARTS + 2
+_MAX_HAVES = 256  # commits remembered per remote worker as "it has these" (a pack excludes what they reach)
 _MAX_PROGRESS_NOTES = 200  # per worker and run: the agent can reach its worker's channel too, and flood it
 _SECONDS_PER_MINUTE = 60.0  # tests shrink it to exercise workers.timeout_minutes quickly
 _WAKE_S = 5.0  # longest wait for an event; the loop wakes earlier when a worker's timeout falls due
@@ -305,6 +306,10 @@ class _Run:
             for path in t.files.owned:
                 self.owners.setdefault(t.level, {})[path] = t.id
         self.tips: dict[int, str] = {}  # worker id -> its branch's commit, as this run last set or saw it
+        # Remote transport: commits each worker's private repository has (sent to it, or made by it and
+        # imported), so a claim sends only the objects it lacks.
+        self.remote = plan.transport == "remote"
+        self.sent: dict[int, list[str]] = {}
         self.base_tip = ""
         self._ancestry: dict[tuple[str, str], bool] = {}
         # The in-memory state and its indexes (see _load).
@@ -628,9 +633,17 @@ class _Run:
             start = _worktrees.ensure_worker_branch(self.plan.repo, spec.worktree.branch, self.plan.base_branch)
             # Not under the run's lock: a restart waits (holding it) for this very worker to announce itself.
             self.tips[wid] = start
-            return {"ok": True, "start": start, "feature": self.plan.feature, "branch": spec.worktree.branch}
+            reply: dict[str, Any] = {"ok": True, "start": start, "feature": self.plan.feature, "branch": spec.worktree.branch}
+            if self.remote:
+                reply["_blob"] = pack_objects(self.plan.repo, [start])
+                reply["spec"] = self._spec_files()
+                self.sent[wid] = [start]
+            return reply
         if op == "claim":
-            return self._claim(wid)
+            reply = self._claim(wid)
+            if self.remote and reply.get("start"):
+                self._send_missing(wid, reply, [reply["start"], reply.get("checkpoint") or ""])
+            return reply
         if op == "finish":
             return self._finish(wid, message, blob)
         if op == "park":
@@ -653,6 +666,35 @@ class _Run:
                 self._note(f"worker {wid}: more than {_MAX_PROGRESS_NOTES} progress notes; further ones are dropped")
             return {"ok": True}
         return {"ok": False, "error": f"unknown request {op!r}"}
+
+    def _has(self, wid: int, commit: str) -> None:
+        """Worker ``wid``'s repository has ``commit`` now (remote transport bookkeeping, bounded)."""
+        if self.remote and commit:
+            known = self.sent.setdefault(wid, [])
+            if commit not in known:
+                known.append(commit)
+                del known[:-_MAX_HAVES]
+
+    def _send_missing(self, wid: int, reply: dict[str, Any], wants: list[str]) -> None:
+        """Attach to ``reply`` a pack of the commits in ``wants`` the worker lacks (outside the run's lock)."""
+        known = self.sent.get(wid, [])
+        missing = [c for c in wants if c and c not in known]
+        if missing:
+            reply["_blob"] = pack_objects(self.plan.repo, missing, known)
+            for commit in missing:
+                self._has(wid, commit)
+
+    def _spec_files(self) -> dict[str, str]:
+        """The feature's spec files for a worker nothing is mounted into (small, regular files only)."""
+        out: dict[str, str] = {}
+        budget = P.MAX_SPEC_BYTES
+        for name in ("requirements.md", "design.md"):
+            path = os.path.join(self.plan.repo, ".gsd", "specs", self.plan.feature, name)
+            with contextlib.suppress(MahabharathaError, OSError, UnicodeDecodeError):
+                text = read_regular(path, limit=max(budget, 0), what=f"the spec file {name}", follow_symlinks=False).decode("utf-8")
+                budget -= len(text.encode("utf-8"))
+                out[name] = text
+        return out
 
     def _start_for(self, wid: int) -> str:
         """The commit worker ``wid``'s next task starts from: the level's base when the worker branch is
@@ -805,6 +847,7 @@ class _Run:
             if verified:
                 adopt(self.plan.repo, incoming, f"refs/heads/{spec.worktree.branch}", commit)
                 self.tips[wid] = commit
+                self._has(wid, commit)
             task = self._set(task_id, status=status, commit=commit, error=error[:500])
             self._add_cost(task, message.get("usage"))
             self._usage_event(task_id, wid, message.get("usage"))
@@ -855,6 +898,7 @@ class _Run:
                         foreign=self._foreign(task_id, claim.level),  # type: ignore[arg-type]
                     )
                     kept = commit
+                    self._has(wid, commit)
                 except ImportRejected as exc:
                     self._log(f"worker {wid}: the checkpoint of {task_id} was rejected: {exc}")
             self._release(wid)
@@ -907,7 +951,7 @@ class _Run:
         held = tuple(HeldTask(tid, int(self.tasks[tid].get("attempts", 0))) for tid in sorted(self.held.get(wid, ())))
         return ExitFacts(
             worker=wid, code=code, meaning=P.exit_meaning(code) + (", OOMKilled" if oom else ""), oom=oom,
-            oom_known=self.plan.mode == "container", lost=lost, timed_out=wid in self.timed_out,
+            oom_known=self.plan.containers, lost=lost, timed_out=wid in self.timed_out,
             ending=self._status() in S.FINAL or self.stopping, held=held, last_task=last,
             last_task_pending=(self.tasks.get(last) or {}).get("status") == S.PENDING,
             context_restarts=self.context_restarts.get(last, 0), error_restarts=self.error_restarts.get(wid, 0),
@@ -1007,18 +1051,27 @@ class _Run:
             int(self.run_doc.get("level", 0)), self._base_commit(),
         ))
         fifo = _FifoReader(self.store, self.events)
-        self.server = ChannelServer({spec.worker_id: spec.channel_socket for spec in plan.workers}, self.handle)
+        if self.remote:  # one TCP listener, a token per worker; the runtime package is served from it
+            self.server = ChannelServer(
+                {}, self.handle, tcp=plan.channel, workers=[spec.worker_id for spec in plan.workers],
+                runtime_dir=os.path.dirname(P.__file__),
+            )
+        else:
+            self.server = ChannelServer({spec.worker_id: spec.channel_socket for spec in plan.workers}, self.handle)
         try:
             self.server.start()
             self._finish_level_if_settled()  # a resumed run may stand at a level end
             if self._status() == S.RUNNING:
                 n = len(plan.workers)
                 self._emit(E.WorkersStarting(plan.feature, n, plan.mode, len(self.graph.tasks), len(self.graph.levels)))
-                if plan.mode == "container":  # the launch in the words the tutorial uses
+                if plan.containers:  # the launch in the words the tutorial uses
                     self._log(f"Container mode: using image {plan.image}")
+                    if self.remote and self.server.link is not None:
+                        self._log(f"Engine {plan.engine} ({plan.engine_source}): nothing mounted; workers dial {self.server.link.url}")
                     for spec in plan.workers:
                         self._log(f"Launching Worker {spec.worker_id}: {spec.name} (memory={spec.mem_limit}, cpus={spec.cpus})")
-                self.launcher = self.launcher_factory(plan, self.events, self.out)
+                link = {"link": self.server.link} if self.remote else {}
+                self.launcher = self.launcher_factory(plan, self.events, self.out, **link)
                 with self.changed:
                     self.may_park.update(spec.worker_id for spec in plan.workers)
                 self.launcher.start_all()
@@ -1027,7 +1080,7 @@ class _Run:
                     self.started_at[spec.worker_id] = time.monotonic()
                     self._emit(E.WorkerStarted(spec.worker_id))
                     self._emit(E.WorkerReady(spec.worker_id))
-                self._log("All containers running. Orchestrator started." if plan.mode == "container" else f"{n} worker(s) ready")
+                self._log("All containers running. Orchestrator started." if plan.containers else f"{n} worker(s) ready")
                 self._loop()
         except KeyboardInterrupt:
             # A second Ctrl-C (or a SIGTERM) must not cut the stop short and leave containers behind.
@@ -1217,8 +1270,15 @@ def _prepared(
         # state (else the next attempt "resumes" a run that never began).
         checked = preflight(plan, client=client)
 
-        def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None]) -> Any:
-            return ContainerLauncher(p, events, o, client=checked, keep_failed=keep_failed)
+        def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None], link: Any = None) -> Any:
+            return ContainerLauncher(p, events, o, client=checked, keep_failed=keep_failed, link=link)
+    elif plan.mode == "swarm":
+        from .swarm import SwarmLauncher, swarm_preflight
+
+        checked = swarm_preflight(plan, client=client)
+
+        def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None], link: Any = None) -> Any:
+            return SwarmLauncher(p, events, o, client=checked, keep_failed=keep_failed, link=link)
     else:
         factory = SubprocessLauncher
     return _Run(plan, graph, out if out is not None else (lambda _line: None), factory, on_event)

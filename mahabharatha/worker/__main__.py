@@ -181,6 +181,8 @@ class Worker:
         self.context_threshold = float(env.get(P.ENV_CONTEXT_THRESHOLD) or 70)
         self.context_window = int(env.get(P.ENV_CONTEXT_WINDOW) or 200_000)
         self.spec_dir = env.get(P.ENV_SPEC_DIR) or ""
+        # Remote transport: nothing is mounted; history and spec arrive over the TCP channel.
+        self.remote = self.channel_path.startswith("tcp://")
         # In its own container (never on the host: subprocess mode sets the workspace and drops the flag) the
         # worker may end every process but itself and init after each task: nothing a task started outlives it.
         self.in_container = env.get(P.ENV_IN_CONTAINER) == "1" and not env.get(P.ENV_WORKSPACE)
@@ -446,6 +448,7 @@ class Worker:
             fh.write(prompt)
         env = dict(os.environ)
         env.pop(P.ENV_CHANNEL, None)
+        env.pop(P.ENV_CHANNEL_TOKEN, None)
         env.update({
             P.ENV_TASK_ID: task_id, P.ENV_TASK_JSON: task_json, P.ENV_TASK_PROMPT_FILE: prompt_file,
             P.ENV_TASK_ATTEMPT: str(attempt),
@@ -584,6 +587,22 @@ class Worker:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             say(f"could not copy the Claude login into the container's home: {type(exc).__name__}")
 
+    def set_up_remote(self, hello: dict[str, Any]) -> None:
+        """Where nothing is mounted: the workspace's ``.git`` file (pointing at the private git directory) and
+        the feature's spec files from the hello reply. (Written by the worker; the agent may change them,
+        which only affects its own view: the worker passes its git directory explicitly.)"""
+        dotgit = os.path.join(self.workspace, ".git")
+        if not os.path.lexists(dotgit):
+            with open(dotgit, "w", encoding="utf-8") as fh:
+                fh.write(f"gitdir: {self.repo.git_dir}\n")
+        spec = hello.get("spec") if isinstance(hello.get("spec"), dict) else {}
+        if spec and self.spec_dir:
+            os.makedirs(self.spec_dir, exist_ok=True)
+            for name, text in spec.items():
+                if isinstance(name, str) and isinstance(text, str) and name in ("requirements.md", "design.md"):
+                    with open(os.path.join(self.spec_dir, name), "w", encoding="utf-8") as fh:
+                        fh.write(text)
+
     def run(self) -> int:
         self.seed_claude_home()
         try:
@@ -594,7 +613,11 @@ class Worker:
         hello = self.ask("hello")
         start = str(hello["start"])
         try:
+            if self.remote:
+                self.set_up_remote(hello)
             self.repo.ensure()
+            if self.remote and isinstance(hello.get("_blob"), bytes):
+                self.repo.receive(hello["_blob"])
             if not self.repo.has(start):
                 raise gitsetup.GitSetupError(
                     f"the worker's repository cannot see commit {start[:10]} of the run (is /repo/.git mounted?)"
@@ -607,6 +630,8 @@ class Worker:
         say(P.ready_line(self.worker_id))
         while True:
             reply = self.ask("claim", wait=True)
+            if isinstance(reply.get("_blob"), bytes):
+                self.repo.receive(reply.pop("_blob"))
             final = reply.get("final")
             if final:
                 say(f"[worker {self.worker_id}] run {final}; exiting")

@@ -33,7 +33,7 @@ t=tarfile.open(fileobj=io.BytesIO(b))
 try:t.extractall(L,filter="data")
 except TypeError:t.extractall(L)
 if E.get("MAHABHARATHA_BOOTSTRAP_ONLY")=="1":sys.exit(0)
-E["PYTHONPATH"]=L;sys.path.insert(0,L);import runpy;runpy.run_module("mahabharatha_worker",run_name="__main__",alter_sys=True)
+E["PYTHONPATH"]=L;sys.path.insert(0,L);sys.path_importer_cache.pop(L,None);import runpy;runpy.run_module("mahabharatha_worker",run_name="__main__",alter_sys=True)
 """ % {"lib": RUNTIME_DIR}
 
 COMMAND = ("python3", "-c", SOURCE)

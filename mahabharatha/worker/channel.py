@@ -9,6 +9,11 @@ The socket lives in a directory of its own per worker, mounted read-only into th
 which socket a message arrives on is which worker sent it. Long host paths (over the 107-byte limit of a
 socket address) are reached through ``/proc/self/fd/N/`` of the opened directory.
 
+Where nothing is mounted (remote transport) the channel is ``tcp://HOST:PORT`` instead: one listener for
+all workers, and a connection's first frame is ``{"op": "auth", "token": ...}`` with the worker's token
+(``MAHABHARATHA_CHANNEL_TOKEN``). Replies there may carry a blob: git packs of the commits a task starts
+from (the worker has no alternates to read them from).
+
 Standard library only (this module runs inside worker containers).
 """
 
@@ -114,25 +119,39 @@ def recv_frame(reader: _Reader, *, max_message: int = P.MAX_MESSAGE_BYTES, max_b
 class Channel:
     """The worker's end: ``request(op, ...)`` sends one message and returns the orchestrator's reply."""
 
-    def __init__(self, path: str, timeout: float | None = None) -> None:
+    def __init__(self, path: str, timeout: float | None = None, token: str | None = None) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+        self.tcp = path.startswith("tcp://")
         try:
-            with socket_address(path) as address:
-                self.sock.connect(address)
-        except OSError as exc:
-            self.sock.close()
-            raise ChannelError(f"cannot reach the orchestrator at {path}: {exc.strerror or exc}") from None
+            if self.tcp:
+                host, _, port = path[len("tcp://"):].rpartition(":")
+                self.sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout or 60)
+            else:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(timeout)
+                with socket_address(path) as address:
+                    self.sock.connect(address)
+        except (OSError, ValueError) as exc:
+            with contextlib.suppress(Exception):
+                self.sock.close()
+            raise ChannelError(f"cannot reach the orchestrator at {path}: {getattr(exc, 'strerror', None) or exc}") from None
         self.sock.settimeout(None)
         self.reader = _Reader(self.sock)
+        if self.tcp:
+            reply = self.request("auth", token=token or os.environ.get(P.ENV_CHANNEL_TOKEN, ""))
+            if not reply.get("ok"):
+                self.close()
+                raise ChannelError(f"the orchestrator at {path} refused this worker: {reply.get('error', 'no reason')}")
 
     def request(self, op: str, blob: bytes | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request; the reply, with the blob it carried (remote transport only) as ``"_blob"``."""
         try:
             send_frame(self.sock, {"op": op, **fields}, blob)
-            reply, _ = recv_frame(self.reader, max_blob=0)
+            reply, data = recv_frame(self.reader, max_blob=P.MAX_SYNC_BYTES if self.tcp else 0)
         except OSError as exc:
             raise ChannelError(f"the channel to the orchestrator broke: {exc.strerror or exc}") from None
+        if data is not None:
+            reply["_blob"] = data
         return reply
 
     def close(self) -> None:

@@ -90,6 +90,18 @@ class Repo:
         _write(os.path.join(self.git_dir, "info", "exclude"), EXCLUDES)
         self.git("symbolic-ref", "HEAD", self.ref)
 
+    def receive(self, pack: bytes) -> None:
+        """Store the objects of a git pack from the orchestrator (remote transport: the history a task starts
+        from arrives this way, there are no alternates). A thin pack's bases must be here already."""
+        env = {**os.environ, "GIT_DIR": self.git_dir, "LC_ALL": "C"}
+        proc = subprocess.run(
+            ["git", *_HARDENING, "index-pack", "--stdin", "--fix-thin"], input=pack, capture_output=True,
+            env=env, cwd=self.git_dir,
+        )
+        if proc.returncode != 0:
+            detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise GitSetupError(f"git index-pack of the orchestrator's pack failed: {detail[-1] if detail else proc.returncode}")
+
     def has(self, commit: str) -> bool:
         return self.git("cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode == 0
 
