@@ -170,6 +170,9 @@ class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     channel_socket: str
     ready_timeout_s: float = READY_TIMEOUT_S
     start_timeout_s: float = WORKER_START_TIMEOUT_S
+    # Container paths of anonymous volumes: scratch space on the engine's disk that goes with the container
+    # (remote transport: the workspace, exec allowed, not counted against the memory limit).
+    volumes: tuple[str, ...] = ()
 
     def env_dict(self) -> dict[str, str]:
         """Plain (non-secret) environment as a dict."""

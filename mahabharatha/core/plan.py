@@ -331,6 +331,7 @@ def build_plan(
                 name=f"{w.container_prefix}-{n}",
                 image=r.container_image,
                 command=bootstrap.COMMAND if remote else WORKER_COMMAND,
+                volumes=(P.WORKSPACE,) if remote else (),
                 mounts=mounts,
                 tmpfs=tmpfs,
                 environment=environment,
@@ -416,7 +417,7 @@ def _remote_layout(
 ) -> tuple[list[tuple[str, EnvVar | None]], tuple[Tmpfs, ...]]:
     """The environment layout and tmpfs mounts of a worker nothing is mounted into: no /repo/.git (no
     alternates: the history arrives as a pack), no overlay, the channel a TCP address, the spec in the home,
-    the workspace (and the runtime, under /tmp) in the container's memory."""
+    the workspace an anonymous volume (on the engine's disk, removed with the container)."""
     drop = {P.ENV_GIT_MAIN_DIR, "GIT_CONFIG_KEY_1", "GIT_CONFIG_VALUE_1"}
     values = {
         **shared,
@@ -432,17 +433,14 @@ def _remote_layout(
     names = sorted({name for name, _ in layout if name not in drop} | ({P.ENV_SECRETS_DIR} if launcher == "swarm" else set()))
     per_worker = {name for name, var in layout if var is None}
     out = [(name, None if name in per_worker else EnvVar(name=name, value=values[name])) for name in names]
-    workspace = Tmpfs(target=P.WORKSPACE, options=f"{_TMPFS_OPTIONS},mode=1777")
+    tmpfs: tuple[Tmpfs, ...] = ()
     if read_only:
         tmpfs = (
             Tmpfs(target="/tmp", options=f"{_TMPFS_OPTIONS},size=512m,mode=1777"),
             Tmpfs(target=P.WORKER_HOME, options=f"{_TMPFS_OPTIONS},size=256m,mode=1777"),
-            workspace,
         )
         if launcher != "swarm":  # (Swarm puts its secrets under /run/secrets)
             tmpfs = (*tmpfs, Tmpfs(target="/run", options="rw,nosuid,nodev,size=16m"))
-    else:
-        tmpfs = (workspace,)
     return out, tmpfs
 
 

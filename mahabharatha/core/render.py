@@ -23,8 +23,15 @@ def render_json(plan: LaunchPlan) -> bytes:
 def render_text(plan: LaunchPlan) -> str:
     """The plan in the words users know, one worker after another."""
     lines: list[str] = [f"Plan {plan.plan_id}: feature {plan.feature} in {plan.repo}"]
-    if plan.mode == "container":
-        lines.append(f"Container mode: using image {plan.image}")
+    if plan.containers:
+        lines.append(f"Container mode: using image {plan.image}" + (" on a Docker Swarm" if plan.mode == "swarm" else ""))
+        lines.append(f"Engine: {plan.engine} (from {plan.engine_source}); transport: {plan.transport}")
+        if plan.transport == "remote":
+            port = plan.channel.port or "PORT chosen when the run starts"
+            lines.append(
+                f"Channel: tcp://{plan.channel.host}:{port} on this machine; each worker proves itself with a token "
+                "made at launch (a secret, never shown)"
+            )
     else:
         lines.append(
             f"Subprocess mode: workers run on the host (use --mode container to run them in image {plan.image})"
@@ -51,10 +58,17 @@ def render_text(plan: LaunchPlan) -> str:
         if first.init:
             security.append("init")
         lines.append("Security: " + "; ".join(security))
-    lines.append(
-        "Before start: create each workspace, private git directory and branch below, and write its overlay files; "
-        "results come back as git bundles the orchestrator verifies before they reach a branch."
-    )
+    if plan.transport == "remote":
+        lines.append(
+            "Before start: nothing on this machine but each worker's branch; a worker fetches the worker runtime and "
+            "a git pack of its start commit over the channel into its container, and its results come back as git "
+            "bundles the orchestrator verifies before they reach a branch."
+        )
+    else:
+        lines.append(
+            "Before start: create each workspace, private git directory and branch below, and write its overlay "
+            "files; results come back as git bundles the orchestrator verifies before they reach a branch."
+        )
     for spec in plan.workers:
         lines.append("")
         lines.extend(_worker_lines(spec))
@@ -85,21 +99,35 @@ def _worker_lines(spec: WorkerSpec) -> list[str]:
     limits = f"memory={spec.mem_limit}, cpus={spec.cpus}"
     lines = [f"Launching Worker {spec.worker_id}: {spec.name} ({limits})"]
     wt = spec.worktree
-    lines.append(f"  worktree: {wt.path} on branch {wt.branch} (from {wt.base})")
+    if spec.mounts:
+        lines.append(f"  worktree: {wt.path} on branch {wt.branch} (from {wt.base})")
+    else:
+        lines.append(f"  workspace: in the container ({', '.join(spec.volumes) or 'its filesystem'}), branch {wt.branch} (from {wt.base})")
     lines.append(f"  log: {spec.log_path}")
     if spec.pids_limit is not None:
         lines.append(f"  pids limit: {spec.pids_limit}")
-    lines.append("  mounts:")
-    width = max([len("TARGET"), *(len(m.target) for m in spec.mounts)])
-    lines.append(f"    {'TARGET'.ljust(width)}  MODE  SOURCE")
-    for m in spec.mounts:
-        lines.append(f"    {m.target.ljust(width)}  {'ro' if m.read_only else 'rw'}    {m.source}")
+    if spec.volumes:
+        lines.append(f"  anonymous volumes (removed with the container): {', '.join(spec.volumes)}")
+    if not spec.mounts:
+        lines.append("  mounts: none (nothing of this machine is mounted)")
+    else:
+        lines.extend(_mount_lines(spec))
+    lines.append("  environment:")
     lines.append("  environment:")
     for e in spec.environment:
         lines.append(f"    {e.name}={_show(e.value)}")
     for s in spec.secret_environment:
         lines.append(f"    {s.name}={s.value.redacted}  (secret, from {s.source})")
     lines.append(f"  command: {shlex.join(spec.command)}")
+    return lines
+
+
+def _mount_lines(spec: WorkerSpec) -> list[str]:
+    lines = ["  mounts:"]
+    width = max([len("TARGET"), *(len(m.target) for m in spec.mounts)])
+    lines.append(f"    {'TARGET'.ljust(width)}  MODE  SOURCE")
+    for m in spec.mounts:
+        lines.append(f"    {m.target.ljust(width)}  {'ro' if m.read_only else 'rw'}    {m.source}")
     return lines
 
 
@@ -140,6 +168,8 @@ def render_docker_run(spec: WorkerSpec) -> str:
         args += ["--tmpfs", f"{t.target}:{t.options}" if t.options else t.target]
     for m in spec.mounts:
         args += ["--mount", mount_option(m)]
+    for target in spec.volumes:
+        args += ["--mount", f"type=volume,target={target}"]
     for label in spec.labels:
         args += ["--label", f"{label.key}={label.value}"]
     for e in spec.environment:

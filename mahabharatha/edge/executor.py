@@ -136,7 +136,7 @@ def create_kwargs(spec: WorkerSpec, *, reveal_secrets: bool) -> dict[str, Any]:
         # Mount, not volumes=: a missing bind source is an error instead of a new root-owned directory.
         "mounts": [
             DockerMount(target=m.target, source=m.source, type="bind", read_only=m.read_only) for m in spec.mounts
-        ],
+        ] + [DockerMount(target=target, source=None, type="volume") for target in spec.volumes],
         "tmpfs": {t.target: t.options for t in spec.tmpfs},
         "mem_limit": spec.mem_limit_bytes,
         "nano_cpus": round(spec.cpus * 1e9),  # the API wants an int
@@ -376,7 +376,7 @@ def _remove_ids(client: Any, ids: Iterable[str]) -> None:
 
     def remove(cid: str) -> None:
         try:
-            client.api.remove_container(cid, force=True)
+            client.api.remove_container(cid, force=True, v=True)  # (v: its anonymous volumes go too)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
