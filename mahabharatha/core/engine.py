@@ -79,7 +79,9 @@ def parse_channel_address(text: str, source: str) -> tuple[str, int]:
     text = text.strip()
     host, port = text, "0"
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, closed, rest = text[1:].partition("]")
+        if not closed:
+            host = ""
         if rest:
             if not rest.startswith(":"):
                 raise ConfigError(f"{source}: workers.channel_address: expected HOST or HOST:PORT, found {text!r}")

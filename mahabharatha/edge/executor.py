@@ -658,6 +658,8 @@ def _engine_errors() -> Iterator[None]:
 
 
 def _container_plan(plan: LaunchPlan) -> None:
+    if plan.mode == "swarm":
+        raise LaunchError("this plan runs on a Docker Swarm: start it with mahabharatha.execute(plan) or `mahabharatha kurukshetra`")
     if plan.mode != "container":
         raise LaunchError(f"execute() runs container plans; this plan's mode is {plan.mode!r}")
     if not plan.workers:
@@ -815,9 +817,10 @@ def wait_exit(client: Any, name: str, timeout: float | None = None) -> WorkerExi
 
 def stop_workers(client: Any, repo: str, feature: str, timeout: float = 30.0) -> list[WorkerExit]:
     """Stop the feature's running workers gracefully (SIGTERM through init, SIGKILL after ``timeout``), in
-    parallel, and report how each ended."""
+    parallel, and report how each ended. On a Swarm manager its services are scaled to 0 first."""
     import docker.errors
 
+    swarm_exits = stop_services(client, repo, feature, timeout=timeout)
     rows = feature_containers(client, repo, feature, running_only=True)
 
     def stop(row: dict[str, Any]) -> WorkerExit | None:
@@ -829,11 +832,112 @@ def stop_workers(client: Any, repo: str, feature: str, timeout: float = 30.0) ->
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(rows), 16))) as pool:
         results = [r for r in pool.map(stop, rows) if r is not None]
-    return sorted(results, key=lambda r: r.worker_id)
+    return sorted([*swarm_exits, *results], key=lambda r: r.worker_id)
 
 
 def remove_containers(client: Any, repo: str, feature: str) -> list[str]:
-    """Remove (force) every container labelled with this repo and feature; returns their names."""
+    """Remove (force) every container labelled with this repo and feature (and, on a Swarm manager, its
+    services and secrets); returns their names."""
+    services = remove_services(client, repo, feature)
     rows = feature_containers(client, repo, feature)
     _remove_ids(client, [row["Id"] for row in rows])
-    return sorted(n.lstrip("/") for row in rows for n in (row.get("Names") or ())[:1])
+    return sorted([*services, *(n.lstrip("/") for row in rows for n in (row.get("Names") or ())[:1])])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Swarm services (workers.launcher_type: swarm; see .swarm): what stop and cleanup need on a manager
+
+TASK_POLL_S = 0.25
+TASK_ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
+
+
+def _is_manager(client: Any) -> bool:
+    try:
+        swarm = (client.info() or {}).get("Swarm") or {}
+    except Exception:  # noqa: BLE001 - not a reason to fail a stop or cleanup of containers
+        return False
+    return swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
+
+
+def _owner_filters(repo: str, feature: str) -> dict[str, Any]:
+    return {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_REPO}={repo}", f"{LABEL_FEATURE}={feature}"]}
+
+
+def latest_task(client: Any, service_id: str) -> dict[str, Any] | None:
+    tasks = client.api.tasks(filters={"service": service_id})
+    if not tasks:
+        return None
+    return max(tasks, key=lambda t: (t.get("Version", {}).get("Index", 0), t.get("CreatedAt", "")))
+
+
+def task_exit(task: dict[str, Any]) -> tuple[str, int | None, str]:
+    """(state, exit code or None, error text) of a Swarm task."""
+    status = task.get("Status") or {}
+    code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    return str(status.get("State", "")), (int(code) if code is not None else None), str(status.get("Err") or "")
+
+
+def scale_down(client: Any, service_id: str) -> None:
+    """Ask Swarm to stop the service's task (SIGTERM, then SIGKILL after the stop grace period)."""
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        client.services.get(service_id).scale(0)
+
+
+def stop_services(client: Any, repo: str, feature: str, timeout: float = 30.0) -> list[WorkerExit]:
+    """Scale this feature's services to 0 and wait (bounded) until their tasks ended; how each ended."""
+    if not _is_manager(client):
+        return []
+    services = [s for s in client.api.services(filters=_owner_filters(repo, feature))]
+    running = []
+    for svc in services:
+        task = latest_task(client, svc["ID"])
+        if task is not None and task_exit(task)[0] not in TASK_ENDED:
+            scale_down(client, svc["ID"])
+            running.append(svc)
+    deadline = time.monotonic() + timeout + 5
+    exits: dict[str, WorkerExit] = {}
+    while running and time.monotonic() < deadline:
+        for svc in list(running):
+            task = latest_task(client, svc["ID"])
+            state, code, _ = task_exit(task) if task else ("shutdown", None, "")
+            if state in TASK_ENDED:
+                running.remove(svc)
+                labels = svc["Spec"].get("Labels") or {}
+                exits[svc["ID"]] = WorkerExit(
+                    worker_id=int(labels.get(LABEL_WORKER, "-1")), exit_code=code, meaning=exit_meaning(code),
+                    oom_killed=code == 137, name=svc["Spec"]["Name"],
+                )
+        if running:
+            time.sleep(TASK_POLL_S)
+    return list(exits.values())
+
+
+def remove_secret(client: Any, secret_id: str) -> None:
+    """Remove a Swarm secret (retried briefly while a just-removed service still holds it)."""
+    import docker.errors
+
+    for _ in range(40):
+        try:
+            client.api.remove_secret(secret_id)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            time.sleep(0.25)
+
+
+def remove_services(client: Any, repo: str, feature: str) -> list[str]:
+    """Remove this repo+feature's services and secrets (by label) on a Swarm manager; their names."""
+    if not _is_manager(client):
+        return []
+    filters = _owner_filters(repo, feature)
+    names = []
+    for svc in client.api.services(filters=filters):
+        names.append(svc["Spec"]["Name"])
+        with contextlib.suppress(Exception):
+            client.api.remove_service(svc["ID"])
+    for secret in client.api.secrets(filters=filters):
+        remove_secret(client, secret["ID"])
+    return sorted(names)

@@ -230,8 +230,9 @@ def plan_for(
     prefix: str,
     environ: dict[str, str] | None = None,
     config: str | None = None,
+    mode: str = "container",
 ) -> LaunchPlan:
-    """A container-mode plan from the real planner, with explicit inputs (no real HOME or environment).
+    """A container-mode (or ``mode``) plan from the real planner, with explicit inputs (no real HOME or environment).
 
     ``config`` (YAML text) is written to the repo's ``.mahabharatha/config.yaml`` first, so the planner reads it
     exactly as it would a user's.
@@ -245,7 +246,7 @@ def plan_for(
         repo,
         feature=feature,
         workers=workers,
-        mode="container",
+        mode=mode,
         environ=dict(environ or {}),
         home=home,
         overrides={
@@ -261,9 +262,11 @@ def make_plan(
     git_repo: Path, temp_home: Path, container_prefix: str, worker_image: str
 ) -> Callable[..., LaunchPlan]:
     def make(
-        workers: int = 1, *, environ: dict[str, str] | None = None, config: str | None = None, **changes: Any
+        workers: int = 1, *, environ: dict[str, str] | None = None, config: str | None = None,
+        mode: str = "container", **changes: Any,
     ) -> LaunchPlan:
         plan = plan_for(
+            mode=mode,
             git_repo,
             home=temp_home,
             workers=workers,

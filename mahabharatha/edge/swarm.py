@@ -1,0 +1,343 @@
+"""Workers as Docker Swarm services (``workers.launcher_type: swarm``), through docker-py and a manager's API.
+
+One replicated service per worker, one replica, restart policy ``none``: the orchestrator decides restarts
+(after an OOM, a context limit), as with plain containers. The image is referenced **by id**, so nodes never
+try to pull a tag from a registry; each node needs the image (``mahabharatha build-image`` on each, or a
+registry). Nothing is mounted (a Swarm plan always uses the remote transport): the workspace is an anonymous
+volume of the task's container, the runtime and the history arrive over the orchestrator's TCP channel.
+Credentials and the worker's channel token are Swarm secrets (files under ``/run/secrets``, mode 0400, owned
+by the worker's user), read into the environment by the bootstrap; they are removed with the services.
+
+Swarm has no container events across nodes on the manager's API, so task states are *polled*
+(:data:`POLL_S`); an exit code comes from the task, and 137 counts as the memory limit (the ``OOMKilled`` flag
+is only on the node's container, which the manager cannot see). Logs come through the service. Services
+and secrets are labelled like containers and cleaned up by label. What Swarm cannot apply
+(``no-new-privileges``) the plan's notices say.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+from ..core.memory import parse_memory
+from ..core.model import LABEL_FEATURE, LABEL_MANAGED, LABEL_REPO, LaunchPlan, WorkerSpec
+from ..errors import LaunchError
+from ..worker.protocol import exit_meaning, ready_line
+from . import executor as X
+
+__all__ = ["SwarmLauncher", "swarm_preflight", "service_kwargs", "POLL_S", "ENDED"]
+
+POLL_S = X.TASK_POLL_S  # task states are polled: the manager's API has no event for a task's container ending
+ENDED = X.TASK_ENDED
+_STOP_GRACE_NS = 30 * 10**9
+
+
+def _tmpfs_mount(target: str, options: str) -> Any:
+    from docker.types import Mount
+
+    size = mode = None
+    for opt in options.split(","):
+        key, _, value = opt.partition("=")
+        if key == "size":
+            size = parse_memory(value)[1]
+        elif key == "mode":
+            mode = int(value, 8)
+    return Mount(target=target, source=None, type="tmpfs", tmpfs_size=size, tmpfs_mode=mode)
+
+
+def service_kwargs(spec: WorkerSpec, image_id: str, secret_refs: list[Any]) -> dict[str, Any]:
+    """docker-py ``services.create(**kwargs)`` for one worker (no secret value here: they are Swarm secrets,
+    referenced by ``secret_refs``)."""
+    from docker.types import EndpointSpec, Mount, Resources, RestartPolicy, ServiceMode
+
+    resources = Resources(cpu_limit=round(spec.cpus * 1e9), mem_limit=spec.mem_limit_bytes)
+    if spec.pids_limit:
+        resources["Limits"]["Pids"] = spec.pids_limit  # API 1.41; docker-py has no parameter for it
+    mounts = [_tmpfs_mount(t.target, t.options) for t in spec.tmpfs]
+    mounts += [Mount(target=target, source=None, type="volume") for target in spec.volumes]
+    return {
+        "image": image_id,
+        "command": list(spec.command),
+        "name": spec.name,
+        "env": [f"{k}={v}" for k, v in spec.env_dict().items()],
+        "workdir": spec.working_dir,
+        "user": spec.user,
+        "labels": spec.label_dict(),
+        "container_labels": spec.label_dict(),
+        "mounts": mounts,
+        "secrets": secret_refs,
+        "read_only": spec.read_only,
+        "init": spec.init,
+        "cap_drop": list(spec.cap_drop) or None,
+        "stop_grace_period": _STOP_GRACE_NS,
+        "resources": resources,
+        "restart_policy": RestartPolicy(condition="none"),
+        "mode": ServiceMode("replicated", replicas=1),
+        "endpoint_spec": EndpointSpec(mode="dnsrr"),
+    }
+
+
+def _manager(client: Any, engine: str) -> None:
+    try:
+        swarm = (client.info() or {}).get("Swarm") or {}
+    except X._connection_errors() as exc:
+        raise X._engine_error(exc) from None
+    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        raise LaunchError(
+            f"Failed to start services: the engine at {engine} is not a Docker Swarm manager",
+            hint="point DOCKER_HOST at a manager node, or use workers.launcher_type: container",
+        )
+
+
+def _image_id(client: Any, image: str) -> str:
+    import docker.errors
+
+    try:
+        return str(client.images.get(image).id)
+    except docker.errors.ImageNotFound:
+        raise LaunchError(
+            f"Failed to start services: image {image} not found on the Swarm manager (every node needs it; it is "
+            "referenced by id, never pulled)",
+            hint="build it on each node with `mahabharatha build-image` (DOCKER_HOST pointing at the node)",
+        ) from None
+
+
+def _owned(labels: dict[str, str], plan: LaunchPlan) -> bool:
+    return (labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_REPO) == plan.repo
+            and labels.get(LABEL_FEATURE) == plan.feature)
+
+
+def _stale_services(client: Any, plan: LaunchPlan) -> dict[str, str]:
+    """This feature's existing services by name; a same-named service of anyone else refuses the launch."""
+    names = {spec.name for spec in plan.workers}
+    stale: dict[str, str] = {}
+    for svc in client.api.services():
+        name = svc.get("Spec", {}).get("Name")
+        if name not in names:
+            continue
+        labels = svc.get("Spec", {}).get("Labels") or {}
+        if not _owned(labels, plan):
+            raise LaunchError(
+                f"Failed to start services: a service named {name} already exists and belongs to "
+                f"{X._owner_text(labels)}; not removing it",
+                hint="remove it, or set workers.container_prefix to another name",
+            )
+        stale[name] = svc["ID"]
+    return stale
+
+
+def swarm_preflight(plan: LaunchPlan, *, client: Any = None) -> Any:
+    """Read-only checks before any effect: a manager answers, the image is on it, no planned service name is
+    someone else's. Returns the client."""
+    if plan.mode != "swarm" or not plan.workers:
+        raise LaunchError(f"the Swarm launcher runs swarm plans with workers; this plan's mode is {plan.mode!r}")
+    client = client if client is not None else X.make_client(workers=len(plan.workers), action="Failed to start services")
+    _manager(client, plan.engine)
+    _image_id(client, plan.image)
+    _stale_services(client, plan)
+    return client
+
+
+_latest_task = X.latest_task
+_task_exit = X.task_exit
+
+
+class _ServiceLogs:
+    """What :class:`~.executor._LogCopy` reads: a service's log stream (all nodes, through the manager)."""
+
+    def __init__(self, client: Any, service_id: str) -> None:
+        self.client, self.service_id = client, service_id
+
+    def logs(self, **_kwargs: Any) -> Any:
+        return self.client.api.service_logs(self.service_id, stdout=True, stderr=True, follow=True)
+
+
+class SwarmLauncher:
+    """The orchestrator's launcher for Swarm plans (same interface as :class:`~.launchers.ContainerLauncher`)."""
+
+    def __init__(
+        self, plan: LaunchPlan, events: queue.Queue[tuple[Any, ...]], out: Callable[[str], None], client: Any = None,
+        keep_failed: bool = False, link: Any = None,
+    ) -> None:
+        if link is None:
+            raise LaunchError("Swarm workers need the orchestrator's TCP channel (remote transport)")
+        self.plan, self.events, self.out, self.link, self.keep_failed = plan, events, out, link, keep_failed
+        self.client = client if client is not None else swarm_preflight(plan)
+        self.image_id = _image_id(self.client, plan.image)
+        self.services: dict[int, str] = {}  # worker id -> service id
+        self.secrets: dict[int, list[str]] = {}
+        self.reported: set[str] = set()
+        self.cond = threading.Condition()
+        self.closed = threading.Event()
+        threading.Thread(target=self._watch, daemon=True, name="mahabharatha-swarm-watch").start()
+
+    # -- creating ---------------------------------------------------------------------------------------
+    def _create(self, spec: WorkerSpec) -> str:
+        import docker.errors
+        from docker.types import SecretReference
+
+        self._remove_worker(spec.worker_id, name=spec.name)
+        uid, _, gid = spec.user.partition(":")
+        refs, ids = [], []
+        tag = uuid.uuid4().hex[:8]
+        labels = spec.label_dict()
+        try:
+            for var in spec.secret_environment:
+                name = f"{spec.name}-{var.name.lower().replace('_', '-')}-{tag}"
+                secret = self.client.secrets.create(name=name, data=var.value.reveal().encode(), labels=labels)
+                ids.append(secret.id)
+                refs.append(SecretReference(secret.id, name, filename=var.name, uid=uid, gid=gid or uid, mode=0o400))
+            self.secrets[spec.worker_id] = ids
+            service = self.client.services.create(**service_kwargs(spec, self.image_id, refs))
+        except docker.errors.APIError as exc:
+            raise LaunchError(f"Failed to start service {spec.name}: {X.redactor([spec])(str(exc.explanation or exc))}") from None
+        self.services[spec.worker_id] = service.id
+        return str(service.id)
+
+    def _ready(self, spec: WorkerSpec, service_id: str) -> None:
+        """Wait for the task to run (polled) and the worker's ready line (its log, copied to the host log)."""
+        logs = X._LogCopy(_ServiceLogs(self.client, service_id), spec, self.cond, X.redactor([spec]))
+        deadline = time.monotonic() + spec.ready_timeout_s
+        running = False
+        while not running:
+            task = _latest_task(self.client, service_id)
+            state, code, err = _task_exit(task) if task else ("", None, "")
+            if state == "running":
+                running = True
+            elif state in ENDED:
+                raise LaunchError(
+                    f"Worker process failed to start in {spec.name}: its task ended ({state}"
+                    + (f", exit {code}: {exit_meaning(code)}" if code is not None else "") + (f": {err}" if err else "") + ")",
+                    hint=f"every Swarm node needs the image {self.plan.image}" if state == "rejected" else f"full log: {spec.log_path}",
+                )
+            elif time.monotonic() > deadline:
+                raise LaunchError(f"Container failed to become ready: {spec.name}'s task was not running after {spec.ready_timeout_s:.0f} s ({state or 'no task'}{': ' + err if err else ''})")
+            else:
+                time.sleep(POLL_S)
+        logs.start()
+        deadline = time.monotonic() + spec.start_timeout_s
+        with self.cond:
+            while not (logs.ready or logs.ended) and time.monotonic() < deadline:
+                self.cond.wait(timeout=POLL_S)
+                if not logs.ready:
+                    task = _latest_task(self.client, service_id)
+                    if task and _task_exit(task)[0] in ENDED:
+                        break
+        if not logs.ready:
+            task = _latest_task(self.client, service_id)
+            state, code, _ = _task_exit(task) if task else ("", None, "")
+            last = " | ".join(line for line in logs.tail if line.strip()) or "(no output)"
+            why = f"its task ended ({state}, exit {code})" if state in ENDED else f"no `{ready_line(spec.worker_id)}` line after {spec.start_timeout_s:.0f} s"
+            raise LaunchError(f"Worker process failed to start in {spec.name}: {why}; last log lines: {last}", hint=f"full log: {spec.log_path}")
+
+    def _start(self, spec: WorkerSpec) -> None:
+        bound = self.link.bind(spec)
+        self._ready(bound, self._create(bound))
+
+    def start_all(self) -> None:
+        stale = _stale_services(self.client, self.plan)
+        for sid in stale.values():
+            self._remove_service(sid)
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=max(1, len(self.plan.workers)), thread_name_prefix="mahabharatha-swarm") as pool:
+            futures = [pool.submit(self._start, spec) for spec in self.plan.workers]
+            for future in as_completed(futures):
+                try:
+                    future.result()
+                except Exception as exc:  # noqa: BLE001 - the first failure is reported, everything is removed
+                    failure = failure or exc
+        if failure is not None:
+            if not self.keep_failed:
+                self._remove_all()
+            raise failure
+
+    def restart(self, worker_id: int) -> None:
+        self._start(self.plan.workers[worker_id])
+
+    def current(self, worker_id: int) -> Any:
+        return self.services.get(worker_id)
+
+    # -- watching ---------------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Put ``("die", worker, service id)`` on the orchestrator's queue when a worker's task ends."""
+        while not self.closed.wait(POLL_S * 2):
+            for wid, sid in list(self.services.items()):
+                if sid in self.reported:
+                    continue
+                with contextlib.suppress(Exception):
+                    task = _latest_task(self.client, sid)
+                    if task is not None and _task_exit(task)[0] in ENDED:
+                        self.reported.add(sid)
+                        self.events.put(("die", wid, sid))
+
+    def exit_of(self, sid: str) -> tuple[int | None, bool, bool]:
+        """(exit code, out of memory, lost): lost when the service is gone (removed by hand)."""
+        import docker.errors
+
+        try:
+            self.client.api.inspect_service(sid)
+        except docker.errors.NotFound:
+            return None, False, True
+        task = _latest_task(self.client, sid)
+        if task is None:
+            return None, False, True
+        state, code, _ = _task_exit(task)
+        if state not in ENDED:
+            return None, False, False
+        if code is None:  # rejected or orphaned: it never ran (or its node went away)
+            return None, False, True
+        return code, code == 137, False
+
+    def poll_exits(self, alive: dict[int, Any]) -> list[tuple[int, int | None, bool, bool]]:
+        out = []
+        for wid, sid in alive.items():
+            try:
+                code, oom, lost = self.exit_of(sid)
+            except Exception:  # noqa: BLE001 - manager unreachable: nothing to report now
+                continue
+            if code is not None or lost:
+                out.append((wid, code, oom, lost))
+        return out
+
+    # -- stopping and removing --------------------------------------------------------------------------
+    def _scale_down(self, sid: str) -> None:
+        X.scale_down(self.client, sid)
+
+    def stop(self, worker_id: int) -> None:
+        sid = self.services.get(worker_id)
+        if sid:
+            threading.Thread(target=self._scale_down, args=(sid,), daemon=True, name=f"mahabharatha-stop-{worker_id}").start()
+
+    def stop_all(self, timeout: float = 30.0) -> None:
+        X.stop_services(self.client, self.plan.repo, self.plan.feature, timeout=timeout)
+
+    def _remove_service(self, sid: str) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_service(sid)
+
+    def _remove_worker(self, worker_id: int, *, name: str) -> None:
+        sid = self.services.pop(worker_id, None)
+        if sid:
+            self._remove_service(sid)
+        for secret_id in self.secrets.pop(worker_id, []):
+            X.remove_secret(self.client, secret_id)
+
+    def _remove_all(self) -> None:
+        for spec in self.plan.workers:
+            self._remove_worker(spec.worker_id, name=spec.name)
+        X.remove_services(self.client, self.plan.repo, self.plan.feature)
+
+    def close(self, *, success: bool) -> None:
+        self.closed.set()
+        if success or not self.keep_failed:
+            with contextlib.suppress(Exception):
+                self._remove_all()

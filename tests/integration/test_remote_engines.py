@@ -1,0 +1,206 @@
+"""Workers where the engine shares no filesystem with this machine: a nested Docker engine (``DOCKER_HOST``
+tcp://127.0.0.1:PORT) and a two-node Docker Swarm of nested engines.
+
+Such an engine shows an empty directory for any host path, so these runs pass only when nothing depends on
+host paths: every task's work must come back over the channel and be merged into the base branch of the
+repository here. After each run the remote engine holds no container of the run and no secret on its disk.
+All tests here share one xdist group: one nested engine and one Swarm per session.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from mahabharatha.edge.orchestrator import orchestrate
+from mahabharatha.worker import state as S
+
+from .test_orchestrator import AGENT, BASE, git, task, write_graph
+
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("nested")]
+
+API_KEY = "sk-ant-remote-test-5f2c9e0d7a"
+
+
+def remote_plan(make_plan: Any, url: str, gateway: str, workers: int, *, mode: str = "container",
+                memory: str = "256m", retry: int = 2) -> Any:
+    config = (
+        f"workers:\n  agent_command: {AGENT}\n  retry_attempts: {retry}\n  launcher_type: {mode}\n"
+        f"resources:\n  container_memory_limit: {memory}\n  container_cpu_limit: 1.0\n"
+    )
+    plan = make_plan(workers, config=config, mode=mode, environ={
+        "DOCKER_HOST": url, "MAHABHARATHA_CHANNEL_ADDRESS": gateway, "ANTHROPIC_API_KEY": API_KEY,
+    })
+    assert plan.transport == "remote" and plan.engine == url and all(not w.mounts for w in plan.workers)
+    return plan
+
+
+def three_levels(repo: Path) -> Any:
+    return write_graph(repo, [
+        task("A", 1, create=("src/a.py",), verify="test -f src/a.py"),
+        task("B", 1, create=("src/b.py",)),
+        task("C", 1, create=("docs/c.md",)),
+        task("D", 2, ("A", "B"), create=("src/d.py",), modify=("src/a.py",)),
+        task("E", 2, ("C",), create=("docs/e.md",)),
+        task("F", 3, ("D", "E"), modify=("README.md",), verify="grep -q 'task F' README.md"),
+    ])
+
+
+def assert_clean(host: Any, engine_container: str, engine_client: Any, repo: Path) -> None:
+    """No container or service of the run is left on the remote engine, and its disk holds no secret."""
+    assert engine_client.api.containers(all=True, filters={"label": f"io.mahabharatha.repo={repo}"}) == []
+    info = engine_client.info().get("Swarm") or {}
+    if info.get("ControlAvailable"):
+        assert engine_client.api.services(filters={"label": f"io.mahabharatha.repo={repo}"}) == []
+        assert engine_client.api.secrets(filters={"label": f"io.mahabharatha.repo={repo}"}) == []
+    found = host.containers.get(engine_container).exec_run(["grep", "-rlF", API_KEY, "/var/lib/docker"])
+    assert found.exit_code == 1, found.output.decode()[-2000:]  # 1: grep found nothing
+
+
+def mounts_watcher(client: Any, repo: Path, into: list[Any]) -> Any:
+    def on_event(event: Any) -> None:
+        if type(event).__name__ == "WorkerReady":
+            for c in client.containers.list(filters={"label": f"io.mahabharatha.repo={repo}"}):
+                into.append((c.name, [m for m in c.attrs.get("Mounts") or () if m.get("Type") == "bind"]))
+    return on_event
+
+
+# -- a remote Docker engine ---------------------------------------------------------------------------------
+
+
+def test_three_levels_on_a_remote_engine(git_repo: Path, make_plan: Any, nested_engine: Any, docker_client: Any) -> None:
+    client = nested_engine.client()
+    plan = remote_plan(make_plan, nested_engine.url, nested_engine.gateway, 3)
+    seen: list[Any] = []
+    lines: list[str] = []
+    result = orchestrate(plan, three_levels(git_repo), out=lines.append, client=client,
+                         on_event=mounts_watcher(client, git_repo, seen))
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    files = set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+    assert files >= {"README.md", "src/a.py", "src/b.py", "docs/c.md", "src/d.py", "docs/e.md"}
+    assert "task D" in git(git_repo, "show", f"{BASE}:src/a.py")
+    assert seen and all(binds == [] for _, binds in seen), seen
+    assert not (git_repo.parent / ".mahabharatha-worktrees").exists()
+    assert API_KEY not in "\n".join(lines)
+    for log in (git_repo / ".mahabharatha" / "logs" / "workers" / "feat").glob("*.log"):
+        assert API_KEY not in log.read_text()
+    assert_clean(docker_client, nested_engine.container_id, client, git_repo)
+
+
+def test_the_demo_feature_on_a_remote_engine(tmp_path: Path, nested_engine: Any, docker_client: Any, worker_image: str,
+                                             container_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mahabharatha.cli import main
+    from mahabharatha.demo import create_demo_repo
+
+    repo = create_demo_repo(tmp_path / "demo", image=worker_image, workers=2, container_prefix=container_prefix)
+    monkeypatch.setenv("DOCKER_HOST", nested_engine.url)
+    monkeypatch.setenv("MAHABHARATHA_CHANNEL_ADDRESS", nested_engine.gateway)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert main(["kurukshetra", "--repo", str(repo), "--workers", "2", "--mode", "container"]) == 0
+    demo_tasks = S.StateStore(str(repo / ".mahabharatha" / "state"), "demo").read()["tasks"]
+    assert demo_tasks and all(t["status"] == "done" for t in demo_tasks.values()), demo_tasks
+    merged = git(repo, "ls-tree", "-r", "--name-only", "mahabharatha/demo/base").splitlines()
+    assert len(merged) > 4, merged
+    assert_clean(docker_client, nested_engine.container_id, nested_engine.client(), repo)
+
+
+def test_out_of_memory_on_a_remote_engine_is_retried(git_repo: Path, make_plan: Any, nested_engine: Any, docker_client: Any) -> None:
+    graph = write_graph(git_repo, [task("big", 1, create=("big.txt",), allocate_mb={"1": 400}), task("next", 2, ("big",), create=("n.txt",))])
+    plan = remote_plan(make_plan, nested_engine.url, nested_engine.gateway, 1, memory="128m")
+    lines: list[str] = []
+    result = orchestrate(plan, graph, out=lines.append, client=nested_engine.client())
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    assert any("exited 137" in line for line in lines), lines
+    assert S.StateStore(plan.state_dir, "feat").read()["tasks"]["big"]["attempts"] == 2
+    assert {"big.txt", "n.txt"} <= set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+
+
+def stop_and_resume(git_repo: Path, plan: Any, client: Any, url: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from mahabharatha.cli import main
+
+    graph = write_graph(git_repo, [
+        task("quick", 1, create=("q.txt",)),
+        task("slow", 1, create=("s.txt",), sleep={"1": 120}),
+        task("after", 2, ("quick", "slow"), create=("a.txt",)),
+    ])
+    box: dict[str, Any] = {}
+    lines: list[str] = []
+    runner = threading.Thread(target=lambda: box.update(result=orchestrate(plan, graph, out=lines.append, client=client)))
+    runner.start()
+    store = S.StateStore(plan.state_dir, "feat")
+    deadline = time.monotonic() + 180
+    while True:
+        data = store.read() or {"tasks": {}}
+        if data["tasks"].get("quick", {}).get("status") == "done" and data["tasks"].get("slow", {}).get("status") == "claimed":
+            break
+        assert time.monotonic() < deadline and runner.is_alive(), lines
+        time.sleep(0.2)
+    monkeypatch.setenv("DOCKER_HOST", url)
+    assert main(["stop", "--repo", str(git_repo), "--feature", "feat", "--timeout", "20"]) == 0
+    runner.join(timeout=120)
+    assert (box["result"].status, box["result"].exit_code) == ("stopped", 130), lines
+    st = store.read()["tasks"]
+    quick_commit = st["quick"]["commit"]
+    assert st["slow"]["status"] == "pending"
+    lines2: list[str] = []
+    again = orchestrate(plan, graph, out=lines2.append, client=client)
+    assert (again.status, again.exit_code) == ("done", 0), lines2
+    st = store.read()["tasks"]
+    assert st["quick"]["attempts"] == 1 and st["quick"]["commit"] == quick_commit
+    assert st["slow"]["attempts"] == 2
+    assert {"q.txt", "s.txt", "a.txt"} <= set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+    return lines + lines2
+
+
+def test_stop_and_resume_on_a_remote_engine(git_repo: Path, make_plan: Any, nested_engine: Any, docker_client: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = remote_plan(make_plan, nested_engine.url, nested_engine.gateway, 2)
+    stop_and_resume(git_repo, plan, nested_engine.client(), nested_engine.url, monkeypatch)
+    assert_clean(docker_client, nested_engine.container_id, nested_engine.client(), git_repo)
+
+
+# -- a two-node Swarm ---------------------------------------------------------------------------------------
+
+
+def test_three_levels_on_a_two_node_swarm(git_repo: Path, make_plan: Any, swarm: Any, docker_client: Any) -> None:
+    client = swarm.manager.client()
+    plan = remote_plan(make_plan, swarm.manager.url, swarm.gateway, 2, mode="swarm")
+    nodes: set[str] = set()
+
+    def on_event(event: Any) -> None:
+        if type(event).__name__ == "WorkerReady":
+            for svc in client.api.services(filters={"label": f"io.mahabharatha.repo={git_repo}"}):
+                nodes.update(t.get("NodeID", "") for t in client.api.tasks(filters={"service": svc["ID"]}))
+
+    lines: list[str] = []
+    result = orchestrate(plan, three_levels(git_repo), out=lines.append, client=client, on_event=on_event)
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    files = set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+    assert files >= {"README.md", "src/a.py", "src/b.py", "docs/c.md", "src/d.py", "docs/e.md"}
+    assert nodes == set(swarm.node_ids.values()), (nodes, swarm.node_ids)  # workers ran on both nodes
+    for engine in swarm.engines:
+        assert_clean(docker_client, engine.container_id, engine.client(), git_repo)
+
+
+def test_out_of_memory_on_a_swarm_is_retried(git_repo: Path, make_plan: Any, swarm: Any, docker_client: Any) -> None:
+    graph = write_graph(git_repo, [task("big", 1, create=("big.txt",), allocate_mb={"1": 400}), task("next", 2, ("big",), create=("n.txt",))])
+    plan = remote_plan(make_plan, swarm.manager.url, swarm.gateway, 1, memory="128m", mode="swarm")
+    lines: list[str] = []
+    result = orchestrate(plan, graph, out=lines.append, client=swarm.manager.client())
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    assert any("exited 137" in line for line in lines), lines
+    assert S.StateStore(plan.state_dir, "feat").read()["tasks"]["big"]["attempts"] == 2
+
+
+def test_stop_and_resume_on_a_swarm(git_repo: Path, make_plan: Any, swarm: Any, docker_client: Any,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = remote_plan(make_plan, swarm.manager.url, swarm.gateway, 2, mode="swarm")
+    stop_and_resume(git_repo, plan, swarm.manager.client(), swarm.manager.url, monkeypatch)
+    for engine in swarm.engines:
+        assert_clean(docker_client, engine.container_id, engine.client(), git_repo)
