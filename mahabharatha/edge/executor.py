@@ -39,6 +39,7 @@ from ..core.model import (
     WorkerSpec,
 )
 from ..errors import LaunchError
+from ..worker import protocol as P
 from ..worker.protocol import exit_meaning, ready_line
 from . import worktrees as _worktrees
 from .images import BUILD_COMMAND
@@ -111,8 +112,16 @@ class WorkerExit(msgspec.Struct, frozen=True):
 def secret_environment(spec: WorkerSpec, *, reveal: bool) -> dict[str, str]:
     """The worker's credential variables: real values only with ``reveal=True``, for handing to the process
     that needs them (the Docker API, or a subprocess-mode worker); redacted otherwise. The one place where a
-    credential's value is handed to anything (the log redactor only uses it to find and hide it)."""
-    return {s.name: s.value.reveal() if reveal else s.value.redacted for s in spec.secret_environment}
+    credential's value is handed to anything (the log redactor only uses it to find and hide it).
+
+    A remote worker (no socket path: its channel is TCP) is given only its channel token this way: the engine
+    writes a container's environment to its disk, so credentials reach remote workers over the channel."""
+    remote = not spec.channel_socket
+    return {
+        s.name: s.value.reveal() if reveal else s.value.redacted
+        for s in spec.secret_environment
+        if not remote or s.name == P.ENV_CHANNEL_TOKEN
+    }
 
 
 def create_kwargs(spec: WorkerSpec, *, reveal_secrets: bool) -> dict[str, Any]:
@@ -933,11 +942,22 @@ def remove_services(client: Any, repo: str, feature: str) -> list[str]:
     if not _is_manager(client):
         return []
     filters = _owner_filters(repo, feature)
-    names = []
+    names, removed = [], []
     for svc in client.api.services(filters=filters):
         names.append(svc["Spec"]["Name"])
         with contextlib.suppress(Exception):
             client.api.remove_service(svc["ID"])
+            removed.append(svc["ID"])
     for secret in client.api.secrets(filters=filters):
         remove_secret(client, secret["ID"])
+    # Swarm removes the tasks' containers (on every node) after the service: wait, bounded, so that what the
+    # caller reports as removed is gone.
+    deadline = time.monotonic() + 30
+    while removed and time.monotonic() < deadline:
+        try:
+            removed = [sid for sid in removed if client.api.tasks(filters={"service": sid})]
+        except Exception:  # noqa: BLE001 - the service is gone and so are its tasks
+            removed = []
+        if removed:
+            time.sleep(TASK_POLL_S)
     return sorted(names)

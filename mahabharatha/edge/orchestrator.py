@@ -639,6 +639,11 @@ class _Run:
                 reply["spec"] = self._spec_files()
                 self.sent[wid] = [start]
             return reply
+        if op == "secrets":  # remote transport: credentials over the channel, never through the engine
+            if not self.remote:
+                return {"ok": False, "error": "credentials are sent over the channel to remote workers only"}
+            spec = self.plan.workers[wid]
+            return {"ok": True, "env": {s.name: s.value.reveal() for s in spec.secret_environment}}
         if op == "claim":
             reply = self._claim(wid)
             if self.remote and reply.get("start"):

@@ -5,8 +5,9 @@ One replicated service per worker, one replica, restart policy ``none``: the orc
 try to pull a tag from a registry; each node needs the image (``mahabharatha build-image`` on each, or a
 registry). Nothing is mounted (a Swarm plan always uses the remote transport): the workspace is an anonymous
 volume of the task's container, the runtime and the history arrive over the orchestrator's TCP channel.
-Credentials and the worker's channel token are Swarm secrets (files under ``/run/secrets``, mode 0400, owned
-by the worker's user), read into the environment by the bootstrap; they are removed with the services.
+The worker's channel token is a Swarm secret (a file under ``/run/secrets``, mode 0400, owned by the worker's
+user), read into the environment by the bootstrap and removed with the service; credentials come over the
+channel (see :mod:`mahabharatha.worker.bootstrap`).
 
 Swarm has no container events across nodes on the manager's API, so task states are *polled*
 (:data:`POLL_S`); an exit code comes from the task, and 137 counts as the memory limit (the ``OOMKilled`` flag
@@ -29,6 +30,7 @@ from typing import Any
 from ..core.memory import parse_memory
 from ..core.model import LABEL_FEATURE, LABEL_MANAGED, LABEL_REPO, LaunchPlan, WorkerSpec
 from ..errors import LaunchError
+from ..worker import protocol as P
 from ..worker.protocol import exit_meaning, ready_line
 from . import executor as X
 
@@ -190,6 +192,8 @@ class SwarmLauncher:
         labels = spec.label_dict()
         try:
             for var in spec.secret_environment:
+                if var.name != P.ENV_CHANNEL_TOKEN:
+                    continue  # credentials travel over the channel (see worker.bootstrap)
                 name = f"{spec.name}-{var.name.lower().replace('_', '-')}-{tag}"
                 secret = self.client.secrets.create(name=name, data=var.value.reveal().encode(), labels=labels)
                 ids.append(secret.id)
@@ -242,6 +246,10 @@ class SwarmLauncher:
         self._ready(bound, self._create(bound))
 
     def start_all(self) -> None:
+        from pathlib import Path
+
+        for spec in self.plan.workers:
+            Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
         stale = _stale_services(self.client, self.plan)
         for sid in stale.values():
             self._remove_service(sid)

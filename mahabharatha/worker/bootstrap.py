@@ -2,9 +2,12 @@
 
 Nothing is bind-mounted there, so the worker runtime itself arrives over the worker channel: this program
 (passed as ``python3 -c SOURCE``, so it is in the plan, visible in the dry-run) connects to the
-orchestrator's TCP endpoint, proves which worker it is with its token, fetches the runtime package (a tar)
-into ``RUNTIME_DIR`` and runs it. On Docker Swarm, credentials are files under ``$MAHABHARATHA_SECRETS_DIR``
-(Swarm secrets); they become environment variables here, as the Docker API's ``Env`` does elsewhere.
+orchestrator's TCP endpoint, proves which worker it is with its token, takes its credentials (the API key,
+a copy of the Claude login) as environment variables, fetches the runtime package (a tar) into
+``RUNTIME_DIR`` and runs it. Credentials never pass through the engine: an engine writes a container's
+environment to its disk (its metadata database keeps it after the container is gone), and a remote disk is
+not ours to clean. Only the token does (on Docker Swarm as a Swarm secret, a file under
+``$MAHABHARATHA_SECRETS_DIR``): made for one run, it opens nothing once the run has ended.
 
 With ``MAHABHARATHA_BOOTSTRAP_ONLY=1`` it only fetches (a Kubernetes init container fills an ``emptyDir``).
 Standard library only, kept short: it is part of every remote worker's command line.
@@ -27,7 +30,8 @@ def ask(m):
     s.sendall(json.dumps(m).encode()+b"\\n");r=json.loads(f.readline() or "{}")
     if not r.get("ok"):sys.exit("bootstrap: the orchestrator refused: %%s"%%r.get("error","no answer"))
     return r
-ask({"op":"auth","token":E["MAHABHARATHA_CHANNEL_TOKEN"]});n=ask({"op":"runtime"})["blob"];b=f.read(n);s.close()
+ask({"op":"auth","token":E["MAHABHARATHA_CHANNEL_TOKEN"]});E.update(ask({"op":"secrets"}).get("env") or {})
+n=ask({"op":"runtime"})["blob"];b=f.read(n);s.close()
 if len(b)!=n:sys.exit("bootstrap: the runtime arrived short")
 t=tarfile.open(fileobj=io.BytesIO(b))
 try:t.extractall(L,filter="data")

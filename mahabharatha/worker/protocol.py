@@ -114,7 +114,7 @@ MAX_BUNDLE_BYTES = 256 << 20  # one bundle (a task's commits)
 MAX_PROGRESS_CHARS = 500
 MAX_RESULT_FILE_BYTES = 100 << 20  # one file of a task's result, as git stores it (inflated)
 MAX_RESULT_BYTES = 1 << 30  # all files a task's result adds
-CHANNEL_OPS = frozenset({"hello", "claim", "finish", "park", "checkpoint", "release", "progress", "runtime"})
+CHANNEL_OPS = frozenset({"hello", "claim", "finish", "park", "checkpoint", "release", "progress", "runtime", "secrets"})
 # What the orchestrator may send a remote worker in one reply (the base commit's history, as a git pack).
 MAX_SYNC_BYTES = 4 << 30
 # Remote transport (no bind mounts): the channel is tcp://HOST:PORT and every connection first proves which

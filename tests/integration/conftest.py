@@ -274,8 +274,8 @@ def make_plan(
         mode: str = "container", **changes: Any,
     ) -> LaunchPlan:
         plan = plan_for(
-            mode=mode,
             git_repo,
+            mode=mode,
             home=temp_home,
             workers=workers,
             image=worker_image,

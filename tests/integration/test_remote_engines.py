@@ -52,8 +52,12 @@ def three_levels(repo: Path) -> Any:
 
 
 def assert_clean(host: Any, engine_container: str, engine_client: Any, repo: Path) -> None:
-    """No container or service of the run is left on the remote engine, and its disk holds no secret."""
-    assert engine_client.api.containers(all=True, filters={"label": f"io.mahabharatha.repo={repo}"}) == []
+    """No container or service of the run is left on the remote engine, and its disk holds no secret. (A Swarm
+    node's agent removes a removed service's containers a moment later: allowed a few seconds.)"""
+    deadline = time.monotonic() + 20
+    while engine_client.api.containers(all=True, filters={"label": f"io.mahabharatha.repo={repo}"}):
+        assert time.monotonic() < deadline, engine_client.api.containers(all=True, filters={"label": f"io.mahabharatha.repo={repo}"})
+        time.sleep(0.2)
     info = engine_client.info().get("Swarm") or {}
     if info.get("ControlAvailable"):
         assert engine_client.api.services(filters={"label": f"io.mahabharatha.repo={repo}"}) == []
