@@ -373,10 +373,19 @@ def _check_images(client: Any, specs: Sequence[WorkerSpec]) -> None:
         try:
             client.images.get(image)  # never pull
         except docker.errors.ImageNotFound:
+            where = _engine_name(client)
             raise LaunchError(
-                f"Failed to start container: image {image} not found on the Docker engine",
-                hint=_BUILD_HINT,
+                f"Failed to start container: image {image} not found on the Docker engine{where}",
+                hint=_BUILD_HINT + (" with DOCKER_HOST pointing at that engine" if where else ""),
             ) from None
+
+
+def _engine_name(client: Any) -> str:
+    """`` at tcp://HOST:PORT`` for a remote engine (which one lacks the image), "" for the local socket."""
+    url = str(getattr(getattr(client, "api", None), "base_url", "") or "")
+    if url.startswith(("http://", "https://")) and "localunixsocket" not in url and "localnpipe" not in url:
+        return f" at {url.replace('http://', 'tcp://', 1)}"
+    return ""
 
 
 def _remove_ids(client: Any, ids: Iterable[str]) -> None:

@@ -926,7 +926,9 @@ class _Run:
             return {"ok": False, "error": "park needs kind=interrupted, a commit and its bundle"}
         prefix = P.interrupted_ref_prefix(self.plan.feature, wid)
         with self.changed:
-            if wid not in self.may_park:
+            # Once per worker start, before its first task; a remote worker (its workspace goes with its
+            # container) also as it is stopped, for the task it still holds.
+            if wid not in self.may_park and not (self.remote and wid in self.claims):
                 return {"ok": False, "error": "leftovers are kept once per worker start, before its first task"}
             ref = f"{prefix}{int(time.time())}"
             n = 1

@@ -23,6 +23,7 @@ for the orchestrator's OOM policy).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import queue
@@ -193,6 +194,7 @@ class Worker:
         self.child: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
         self.task_id: str | None = None
+        self.task_start: str | None = None  # the start commit of the task being worked on, else None
 
     # -- signals ------------------------------------------------------------------------------------------
     def on_signal(self, signum: int, _frame: Any) -> None:
@@ -426,6 +428,20 @@ class Worker:
     # -- one task -----------------------------------------------------------------------------------------
     def do_task(self, claim: dict[str, Any]) -> int | None:
         """Run one claimed task. Returns an exit code when the worker must exit, else None."""
+        self.task_start = str(claim["start"])
+        try:
+            return self._do_task(claim)
+        except Stop:
+            if self.remote and not self.in_flight:
+                # The workspace goes with this container: keep the stopped task's uncommitted work now (a local
+                # worker finds it in its workspace when it starts again).
+                with contextlib.suppress(Exception):
+                    self.keep_leftovers(self.task_start)
+            raise
+        finally:
+            self.task_start = None
+
+    def _do_task(self, claim: dict[str, Any]) -> int | None:
         task, attempt, start = claim["task"], int(claim["attempt"]), str(claim["start"])
         task_id = str(task.get("id"))
         self.task_id = task_id

@@ -8,7 +8,8 @@ behaviour:
 - ``"content": {"path": "text", ...}``: exact content for created files (default: a header naming the task);
 - ``"exit": {"<attempt>": code}``: exit with ``code`` on that attempt (e.g. ``{"1": 2}``: context limit once);
 - ``"allocate_mb": {"<attempt>": mb}``: allocate and touch that much memory first (e.g. to be OOM-killed);
-- ``"sleep": seconds`` or ``{"<attempt>": seconds}``: sleep before writing (e.g. to be stopped mid-task).
+- ``"sleep": seconds`` or ``{"<attempt>": seconds}``: sleep before writing (e.g. to be stopped mid-task);
+- ``"draft": "path"``: write that file (a draft) before sleeping: uncommitted work when stopped mid-task.
 
 Standard library only.
 """
@@ -32,6 +33,10 @@ def main() -> int:
         hog = bytearray(mb * 1024 * 1024)
         for i in range(0, len(hog), 4096):
             hog[i] = 1
+    draft = script.get("draft")
+    if isinstance(draft, str) and draft:
+        with open(draft, "w", encoding="utf-8") as fh:
+            fh.write(f"draft of task {task['id']}\n")
     sleep = script.get("sleep") or 0
     if isinstance(sleep, dict):
         sleep = sleep.get(attempt, 0)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run_without_engine(tmp_path: Path, require: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "MAHABHARATHA_REQUIRE_DOCKER": require}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-rs",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-rs",
          "tests/integration/test_images.py::test_build_once_then_reuse"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )

@@ -130,7 +130,7 @@ def stop_and_resume(git_repo: Path, plan: Any, client: Any, url: str, monkeypatc
 
     graph = write_graph(git_repo, [
         task("quick", 1, create=("q.txt",)),
-        task("slow", 1, create=("s.txt",), sleep={"1": 120}),
+        task("slow", 1, create=("s.txt",), sleep={"1": 120}, draft="draft.txt"),
         task("after", 2, ("quick", "slow"), create=("a.txt",)),
     ])
     box: dict[str, Any] = {}
@@ -152,6 +152,9 @@ def stop_and_resume(git_repo: Path, plan: Any, client: Any, url: str, monkeypatc
     st = store.read()["tasks"]
     quick_commit = st["quick"]["commit"]
     assert st["slow"]["status"] == "pending"
+    # The stopped task's uncommitted draft was in a workspace that went with its container: kept on a ref first.
+    kept = git(git_repo, "for-each-ref", "--format=%(refname)", "refs/mahabharatha/interrupted/feat/").splitlines()
+    assert len(kept) == 1 and "draft.txt" in git(git_repo, "ls-tree", "-r", "--name-only", kept[0]), (kept, lines)
     lines2: list[str] = []
     again = orchestrate(plan, graph, out=lines2.append, client=client)
     assert (again.status, again.exit_code) == ("done", 0), lines2
