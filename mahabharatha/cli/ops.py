@@ -60,14 +60,18 @@ def container_rows(repo: str, feature: str) -> list[dict[str, Any]] | None:
     """One row per worker container (name, worker, state, exit, cpu %, memory), or None without an engine."""
     try:
         from ..core.model import LABEL_WORKER
-        from ..edge.executor import feature_containers, make_client
+        from ..edge.executor import feature_containers, feature_services, make_client
 
         client = make_client(timeout=10)
-        rows = feature_containers(client, repo, feature)
+        services = feature_services(client, repo, feature)
+        rows = [  # (a Swarm task's container on this node is shown as its service)
+            r for r in feature_containers(client, repo, feature)
+            if not (services and "com.docker.swarm.service.id" in (r.get("Labels") or {}))
+        ] + services
     except Exception:  # noqa: BLE001 - status works without Docker (subprocess mode, engine down)
         return None
     rows = sorted(rows, key=lambda r: int((r.get("Labels") or {}).get(LABEL_WORKER, "0")))
-    running = [row["Id"] for row in rows if row.get("State") == "running"]
+    running = [row["Id"] for row in rows if row.get("State") == "running" and row.get("Id")]
     usage: dict[str, dict[str, Any]] = {}
     if running:
         # The engine takes about a second per stats sample (it measures CPU over an interval): ask for all

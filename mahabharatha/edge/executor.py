@@ -932,6 +932,25 @@ def stop_services(client: Any, repo: str, feature: str, timeout: float = 30.0) -
     return list(exits.values())
 
 
+def feature_services(client: Any, repo: str, feature: str) -> list[dict[str, Any]]:
+    """This feature's Swarm services as rows shaped like ``docker ps`` ones (``Names``, ``Labels``, ``State``,
+    ``Status``; ``Id`` None: there is no local container to ask for stats), [] off a manager."""
+    if not _is_manager(client):
+        return []
+    rows = []
+    for svc in client.api.services(filters=_owner_filters(repo, feature)):
+        task = latest_task(client, svc["ID"])
+        state, code, err = task_exit(task) if task else ("pending", None, "")
+        node = (task or {}).get("NodeID", "")[:12]
+        status = f"Swarm task {state}" + (f" on node {node}" if node else "") + (f", exit {code}" if code is not None else "")
+        rows.append({
+            "Id": None, "Names": [svc["Spec"]["Name"]], "Labels": svc["Spec"].get("Labels") or {},
+            "State": "running" if state == "running" else ("exited" if state in TASK_ENDED else state),
+            "Status": status + (f": {err}" if err else ""),
+        })
+    return rows
+
+
 def remove_secret(client: Any, secret_id: str) -> None:
     """Remove a Swarm secret (retried briefly while a just-removed service still holds it)."""
     import docker.errors
