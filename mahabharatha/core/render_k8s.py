@@ -48,7 +48,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..worker import protocol as P
-from .model import LABEL_PREFIX, LABEL_REPO, LABEL_WORKER, LaunchPlan, WorkerSpec
+from .model import LABEL_PREFIX, LABEL_REPO, LaunchPlan, WorkerSpec
 from .plan import WORKER_COMMAND
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "K8S_LABEL_WORKER",
     "K8S_LABEL_REPO_HASH",
     "ANNOTATION_REPO",
+    "ANNOTATION_SECRET",
     "INIT_CONTAINER",
     "WORKER_CONTAINER",
     "SECRET_PLACEHOLDER",
