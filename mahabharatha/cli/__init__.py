@@ -34,7 +34,10 @@ _HANDLERS = {
     "cleanup": "cleanup:cmd_cleanup",
     "install-commands": "ops:cmd_install_commands",
     "build-image": "cleanup:cmd_build_image",
+    "render": "dryrun:cmd_render",
 }
+
+RENDER_FORMATS = ("text", "json", "docker", "k8s")
 
 
 def _int_at_least(minimum: int, words: str) -> Callable[[str], int]:
@@ -85,7 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature", help="feature name (default: contents of .gsd/.current-feature)")
     p.add_argument("--dry-run", action="store_true", help="print the launch plan and touch nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON; without: the final result as one JSON document on stdout (progress on stderr)")
+    p.add_argument(
+        "--render", choices=RENDER_FORMATS,
+        help="with --dry-run: how to print the plan: text (default: the plan and docker run lines), json (like "
+        "--json), docker (only the docker run lines) or k8s (Kubernetes Secret + Jobs as YAML; needs "
+        "workers.transport: remote)",
+    )
+    p.add_argument("--namespace", default="default", help="with --render k8s: the Kubernetes namespace (default: default)")
     p.add_argument("--keep-failed", action="store_true", help="on a failed, stopped or interrupted launch or run, keep the containers for debugging")
+
+    p = sub.add_parser("render", help="print the launch plan in one form (like kurukshetra --dry-run --render FORMAT)")
+    p.add_argument("format", choices=RENDER_FORMATS, help="text, json, docker (docker run lines) or k8s (Kubernetes YAML)")
+    _repo_args(p)
+    p.add_argument("--workers", type=_positive_int, help="number of workers (capped by workers.max_concurrent)")
+    p.add_argument("--mode", choices=("container", "subprocess"), help="launcher type (overrides workers.launcher_type)")
+    p.add_argument("--feature", help="feature name (default: contents of .gsd/.current-feature)")
+    p.add_argument("--namespace", default="default", help="with k8s: the Kubernetes namespace (default: default)")
 
     p = sub.add_parser("demo", help="run the built-in sample feature in containers (offline, no API key)")
     p.add_argument("--workers", type=_positive_int, default=3)

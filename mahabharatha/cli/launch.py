@@ -133,6 +133,10 @@ def _dirty_worktree_notes(launch_plan: Any) -> list[str]:
 
 
 def cmd_kurukshetra(args: argparse.Namespace) -> int:
+    if getattr(args, "render", None) and not getattr(args, "dry_run", False):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--render {args.render} prints the plan and runs nothing: add --dry-run")
     if getattr(args, "dry_run", False):
         from .dryrun import run_dry_run
 
