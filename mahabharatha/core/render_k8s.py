@@ -250,7 +250,8 @@ def _ids(spec: WorkerSpec) -> tuple[int, int, str]:
 
 
 def _volumes(spec: WorkerSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, the worker container's mounts): an emptyDir per tmpfs, plus the runtime's."""
+    """(volumes, the worker container's mounts): an emptyDir per tmpfs and per anonymous volume, plus the
+    runtime's."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     for t in spec.tmpfs:
@@ -261,6 +262,10 @@ def _volumes(spec: WorkerSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any
             empty = {"medium": "Memory", "sizeLimit": memory_quantity(size)}
         volumes.append({"name": name, "emptyDir": empty})
         mounts.append({"name": name, "mountPath": t.target})
+    for target in spec.volumes:  # the plan's anonymous volumes (the workspace): on the node's disk
+        name = dns_name(target.strip("/").replace("/", "-") or "root")
+        volumes.append({"name": name, "emptyDir": {}})
+        mounts.append({"name": name, "mountPath": target})
     volumes.append({"name": RUNTIME_VOLUME, "emptyDir": {}})
     mounts.append({"name": RUNTIME_VOLUME, "mountPath": P.RUNTIME_LIB, "readOnly": True})
     return volumes, mounts
