@@ -109,14 +109,15 @@ class WorkerExit(msgspec.Struct, frozen=True):
 # Pure translation
 
 
-def secret_environment(spec: WorkerSpec, *, reveal: bool) -> dict[str, str]:
+def secret_environment(spec: WorkerSpec, *, reveal: bool, secret_store: bool = False) -> dict[str, str]:
     """The worker's credential variables: real values only with ``reveal=True``, for handing to the process
     that needs them (the Docker API, or a subprocess-mode worker); redacted otherwise. The one place where a
     credential's value is handed to anything (the log redactor only uses it to find and hide it).
 
     A remote worker (no socket path: its channel is TCP) is given only its channel token this way: the engine
-    writes a container's environment to its disk, so credentials reach remote workers over the channel."""
-    remote = not spec.channel_socket
+    writes a container's environment to its disk, so credentials reach remote workers over the channel;
+    ``secret_store``: the values go into a store made for secrets (a Kubernetes Secret), all of them."""
+    remote = not spec.channel_socket and not secret_store
     return {
         s.name: s.value.reveal() if reveal else s.value.redacted
         for s in spec.secret_environment

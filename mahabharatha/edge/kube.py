@@ -455,7 +455,7 @@ class KubeLauncher:
         self._token_pairs = sorted(((t, Secret(t).redacted) for t in tokens.values() if t), key=lambda p: -len(p[0]))
         data: dict[str, str] = {}
         for spec in self.plan.workers:
-            data.update(secret_environment(spec, reveal=True))
+            data.update(secret_environment(spec, reveal=True, secret_store=True))
         data.update({token_key(wid): token for wid, token in tokens.items()})
         meta = dict(self.secret_body["metadata"])
         meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k != ANNOTATION_SECRET}
