@@ -80,9 +80,9 @@ def plan(
     if graph is None:
         graph = _read_graph_if_any(root, feature)
     engine = engine_target(env.get("DOCKER_HOST") or None, _docker_context(env, home_dir), config.workers.transport)
-    remote = engine.transport == "remote" or config.workers.launcher_type == "swarm"
+    remote = engine.transport == "remote" or config.workers.launcher_type in ("swarm", "kubernetes")
     channel_host = ""
-    if remote and config.workers.launcher_type != "subprocess" and not config.workers.channel_address:
+    if remote and config.workers.launcher_type not in ("subprocess", "kubernetes") and not config.workers.channel_address:
         channel_host = _address_towards(host_of(engine.host) if is_remote_host(engine.host) else "")
     return build_plan(
         engine=engine,

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kurukshetra", help="plan and launch workers for a feature")
     _repo_args(p)
     p.add_argument("--workers", type=_positive_int, help="number of workers (capped by workers.max_concurrent)")
-    p.add_argument("--mode", choices=("container", "subprocess", "swarm"), help="launcher type (overrides workers.launcher_type)")
+    p.add_argument("--mode", choices=("container", "subprocess", "swarm", "kubernetes"), help="launcher type (overrides workers.launcher_type)")
     p.add_argument("--feature", help="feature name (default: contents of .gsd/.current-feature)")
     p.add_argument("--dry-run", action="store_true", help="print the launch plan and touch nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON; without: the final result as one JSON document on stdout (progress on stderr)")

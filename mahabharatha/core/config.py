@@ -46,11 +46,12 @@ class WorkersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     max_concurrent: Annotated[int, Meta(ge=1, le=10_000)] = 5
     timeout_minutes: Annotated[int, Meta(ge=1, le=525_600)] = 60
     retry_attempts: Annotated[int, Meta(ge=0, le=100)] = 2
-    launcher_type: Literal["subprocess", "container", "swarm"] = "subprocess"
+    launcher_type: Literal["subprocess", "container", "swarm", "kubernetes"] = "subprocess"
     # How workspaces, the runtime and results reach workers: "local" bind mounts, "remote" the worker channel
     # only (engines that cannot see this machine's files); "auto" picks remote for tcp:// and ssh:// engines.
     transport: Literal["auto", "local", "remote"] = "auto"
     channel_address: str = ""  # HOST[:PORT] remote workers dial; "" = this machine's address towards the engine
+    kubernetes_namespace: str = "default"  # launcher_type: kubernetes (the cluster is kubeconfig's current context)
     container_prefix: str = "mahabharatha-worker"
     agent_command: str = DEFAULT_AGENT_COMMAND
     model: str | None = None  # Claude Code's --model
@@ -96,7 +97,8 @@ _EXPECTED: dict[str, str] = {
     "workers.max_concurrent": "a whole number from 1 to 10000",
     "workers.timeout_minutes": "a whole number of minutes >= 1",
     "workers.retry_attempts": "a whole number from 0 to 100",
-    "workers.launcher_type": "'subprocess', 'container' or 'swarm'",
+    "workers.launcher_type": "'subprocess', 'container', 'swarm' or 'kubernetes'",
+    "workers.kubernetes_namespace": "a Kubernetes namespace name like 'default'",
     "workers.transport": "'auto', 'local' or 'remote'",
     "workers.channel_address": "HOST or HOST:PORT of this machine, as the engine's containers reach it",
     "workers.container_prefix": "a Docker name prefix like 'mahabharatha-worker'",
@@ -306,7 +308,7 @@ def _from_file(path: str, raw: dict[str, Any]) -> Config:
         raise _error(path, field, value) from None
     # Semantic checks msgspec cannot express (anchored patterns, Docker's memory grammar).
     for field in ("workers.container_prefix", "workers.agent_command", "resources.container_memory_limit",
-                  "resources.container_image", "workers.channel_address"):
+                  "resources.container_image", "workers.channel_address", "workers.kubernetes_namespace"):
         section, key = field.split(".")
         if key in sections.get(section, {}):
             config = _override(config, field, getattr(getattr(config, section), key), path, from_text=False)
@@ -360,6 +362,9 @@ def _check(field: str, value: Any, source: str, *, from_text: bool) -> Any:
             raise _error(source, field, value, reason=problem)
     if field == "resources.container_image":
         if not isinstance(value, str) or len(value) > 255 or not _IMAGE_RE.fullmatch(value):
+            raise _error(source, field, value)
+    if field == "workers.kubernetes_namespace":
+        if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
             raise _error(source, field, value)
     if field == "workers.channel_address" and value != "":
         from .engine import parse_channel_address

@@ -188,7 +188,7 @@ class LaunchPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     plan_id: str  # stable hash of everything below (same inputs, same id)
     repo: str  # absolute repository root
     feature: str
-    mode: Literal["container", "subprocess", "swarm"]
+    mode: Literal["container", "subprocess", "swarm", "kubernetes"]
     image: str
     container_prefix: str
     base_branch: str  # mahabharatha/<feature>/base
@@ -215,6 +215,7 @@ class LaunchPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     engine: str = ""  # the Docker engine's address, as found (DOCKER_HOST, a context's endpoint, the socket)
     engine_source: str = ""  # where that address came from: "DOCKER_HOST", "context NAME" or "default"
     channel: ChannelEndpoint = ChannelEndpoint()
+    namespace: str = ""  # mode kubernetes: the namespace its Jobs and Secret go into
 
     @property
     def containers(self) -> bool:

@@ -197,12 +197,15 @@ def build_plan(
 
     if engine is None:
         engine = engine_target(None, None, w.transport)
-    transport = "remote" if w.launcher_type == "swarm" else engine.transport
-    if w.launcher_type == "swarm" and w.transport == "local":
+    cluster = w.launcher_type in ("swarm", "kubernetes")
+    transport = "remote" if cluster else engine.transport
+    if cluster and w.transport == "local":
         raise ConfigError(
-            "workers.transport: 'local' cannot work with workers.launcher_type: swarm (its nodes do not share "
-            "this machine's files); use 'remote' or 'auto'"
+            f"workers.transport: 'local' cannot work with workers.launcher_type: {w.launcher_type} (its nodes do "
+            "not share this machine's files); use 'remote' or 'auto'"
         )
+    if w.launcher_type == "kubernetes":
+        engine = EngineTarget(host="kubernetes (kubeconfig's current context)", source="kubeconfig", transport="remote")
     if w.launcher_type == "subprocess":
         transport = "local"
     channel = _channel(w.channel_address, channel_host, engine) if transport == "remote" else ChannelEndpoint()
@@ -383,6 +386,7 @@ def build_plan(
         engine=engine.host if w.launcher_type != "subprocess" else "",
         engine_source=engine.source if w.launcher_type != "subprocess" else "",
         channel=channel,
+        namespace=w.kubernetes_namespace if w.launcher_type == "kubernetes" else "",
     )
     plan_id = hashlib.sha256(plan_json(draft)).hexdigest()[:PLAN_ID_LENGTH]
     label_plan = Label(key=LABEL_PLAN, value=plan_id)

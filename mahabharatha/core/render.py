@@ -24,7 +24,7 @@ def render_text(plan: LaunchPlan) -> str:
     """The plan in the words users know, one worker after another."""
     lines: list[str] = [f"Plan {plan.plan_id}: feature {plan.feature} in {plan.repo}"]
     if plan.containers:
-        lines.append(f"Container mode: using image {plan.image}" + (" on a Docker Swarm" if plan.mode == "swarm" else ""))
+        lines.append(f"Container mode: using image {plan.image}" + (" on a Docker Swarm" if plan.mode == "swarm" else " as Kubernetes Jobs" if plan.mode == "kubernetes" else ""))
         lines.append(f"Engine: {plan.engine} (from {plan.engine_source}); transport: {plan.transport}")
         if plan.transport == "remote":
             port = plan.channel.port or "PORT chosen when the run starts"

@@ -48,7 +48,7 @@ from ..core.secret import Secret
 from ..errors import ConfigError, LaunchError
 from ..worker.protocol import exit_meaning, ready_line
 
-__all__ = ["KubeLauncher", "ChannelLink"]
+__all__ = ["KubeLauncher", "ChannelLink", "kube_client"]
 
 _NAME_FREE_S = 60.0  # how long a (re)start waits for an old Job of the same name to be gone
 _WATCH_TIMEOUT_S = 300  # the server ends each watch after this; the launcher watches again from where it was
@@ -75,6 +75,12 @@ def _kubernetes() -> Any:
             hint="pip install 'mahabharatha[k8s]'",
         ) from None
     return kubernetes
+
+
+def kube_client(api_client: Any = None) -> Any:
+    """``api_client``, else one from kubeconfig or the in-cluster account; a one-line LaunchError when there
+    is no kubernetes package or no cluster (before the orchestrator creates any run state)."""
+    return api_client if api_client is not None else _default_client(_kubernetes())
 
 
 def _default_client(k: Any) -> Any:

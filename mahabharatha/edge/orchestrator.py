@@ -1279,6 +1279,13 @@ def _prepared(
 
         def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None], link: Any = None) -> Any:
             return ContainerLauncher(p, events, o, client=checked, keep_failed=keep_failed, link=link)
+    elif plan.mode == "kubernetes":
+        from .kube import KubeLauncher, kube_client
+
+        api = kube_client(client)  # (``client`` is a kubernetes ApiClient here, or None for kubeconfig's)
+
+        def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None], link: Any = None) -> Any:
+            return KubeLauncher(p, events, o, link=link, api_client=api, namespace=p.namespace or "default", keep_failed=keep_failed)
     elif plan.mode == "swarm":
         from .swarm import SwarmLauncher, swarm_preflight
 
