@@ -30,6 +30,10 @@ from .nested import (
     tcp_server,
 )
 
+# Order matters for time, not for results: xdist gives each worker a first chunk of consecutive tests (two each
+# for this file alone under -n 2), so two engine tests come first and the swarm's next: one worker sets up the
+# engine while the other sets up the swarm (each is made once per run and shared by its workers).
+
 TERMINAL = {"complete", "failed", "rejected", "shutdown", "orphaned", "remove"}
 
 
@@ -56,26 +60,6 @@ def test_an_inner_container_reaches_a_host_server_at_the_gateway(
         )
         assert out.decode().strip() == f"ok {message}"
         assert server.lines == [message]
-
-
-def test_the_memory_limit_oom_kills_with_137_in_the_nested_engine(
-    nested_engine: NestedEngine, worker_image: str
-) -> None:
-    inner = nested_engine.client()
-    container = inner.containers.run(
-        worker_image,
-        ["python3", "-c", "b = b'x' * (512 << 20); print('survived')"],
-        mem_limit="64m",
-        memswap_limit="64m",
-        detach=True,
-    )
-    try:
-        assert container.wait(timeout=60)["StatusCode"] == 137
-        container.reload()
-        assert container.attrs["State"]["OOMKilled"] is True
-        assert b"survived" not in container.logs()
-    finally:
-        container.remove(force=True)
 
 
 def test_the_swarm_has_two_ready_nodes(swarm: Swarm) -> None:
@@ -127,6 +111,26 @@ def test_a_swarm_service_runs_one_task_per_node_and_reaches_the_host(swarm: Swar
         pass
     else:
         raise AssertionError(f"service {service.name} still exists after remove")
+
+
+def test_the_memory_limit_oom_kills_with_137_in_the_nested_engine(
+    nested_engine: NestedEngine, worker_image: str
+) -> None:
+    inner = nested_engine.client()
+    container = inner.containers.run(
+        worker_image,
+        ["python3", "-c", "b = b'x' * (512 << 20); print('survived')"],
+        mem_limit="64m",
+        memswap_limit="64m",
+        detach=True,
+    )
+    try:
+        assert container.wait(timeout=60)["StatusCode"] == 137
+        container.reload()
+        assert container.attrs["State"]["OOMKilled"] is True
+        assert b"survived" not in container.logs()
+    finally:
+        container.remove(force=True)
 
 
 def test_reap_stale_removes_what_a_dead_test_process_left_and_nothing_else(docker_client: Any) -> None:
