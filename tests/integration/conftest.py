@@ -290,7 +290,6 @@ def make_plan(
     return make
 
 
-
 @pytest.fixture(scope="session")
 def nested_engine(docker_client: Any, worker_image: str) -> Iterator[Any]:
     """A nested Docker engine with the worker image loaded (see ``tests/integration/nested.py``), one per
