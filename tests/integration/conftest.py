@@ -17,13 +17,13 @@ Engine and image
   ``CI=true`` (``require_claude_image``).
 - ``require_docker(reason)``: skip, or fail under ``MAHABHARATHA_REQUIRE_DOCKER=1``.
 - ``nested_engine`` (session): a ``tests.integration.nested.NestedEngine``, a Docker engine in a container that
-  shares no filesystem with the host (one per xdist worker process), with ``worker_image`` loaded into it.
-- ``swarm`` (session): a ``tests.integration.nested.Swarm``, a two-node Docker Swarm of two nested engines
-  (one per xdist worker process), ``worker_image`` loaded into both nodes. Swarm mode is engine-wide, so it
-  is only ever switched on in nested engines. Both are removed at the end of the session (containers, what
-  ran inside, their volumes, networks and cgroups); what a killed test process left behind is removed by the
-  next session that uses either fixture (``reap_stale``). Without a nested engine here they skip (fail under
-  ``MAHABHARATHA_REQUIRE_DOCKER=1``).
+  shares no filesystem with the host, with ``worker_image`` loaded into it.
+- ``swarm`` (session): a ``tests.integration.nested.Swarm``, a two-node Docker Swarm of two nested engines,
+  ``worker_image`` loaded into both nodes. Swarm mode is engine-wide, so it is only ever switched on in
+  nested engines. Each is made once per test run: the xdist workers of a run share it (a reference count
+  under a file lock) and the last one to finish removes it (containers, what ran inside, volumes, networks
+  and cgroups); what a killed test run left behind is removed by the next one that uses either fixture
+  (``reap_stale``). Without a nested engine here they skip (fail under ``MAHABHARATHA_REQUIRE_DOCKER=1``).
 - Every test here that uses ``docker_client`` (directly or through another fixture) is marked ``docker``.
 
 Per test
@@ -42,6 +42,7 @@ Per test
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -292,53 +293,31 @@ def make_plan(
     return make
 
 
-def _nested_prefix() -> str:
-    return f"mh-nested-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture(scope="session")
 def nested_engine(docker_client: Any, worker_image: str) -> Iterator[Any]:
-    """A nested Docker engine with the worker image loaded (see ``tests/integration/nested.py``)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """A nested Docker engine with the worker image loaded (see ``tests/integration/nested.py``), one per
+    test run: its xdist workers share it (reference counted), the last one removes it."""
+    from .nested import NestedUnavailable, reap_stale, shared_engine
 
-    from .nested import NestedUnavailable, load_saved, reap_stale, remove_all, save_image, start_engine
-
-    prefix = _nested_prefix()
     reap_stale(docker_client)
-    try:
+    with contextlib.ExitStack() as stack:
         try:
-            with ThreadPoolExecutor(1) as pool:
-                saved = pool.submit(save_image, docker_client, worker_image)  # while the engine starts
-                engine = start_engine(docker_client, f"{prefix}-engine", f"{prefix}-net", prefix=prefix)
-                load_saved(engine.client(), saved.result())
-                del saved
+            engine = stack.enter_context(shared_engine(docker_client, worker_image))
         except NestedUnavailable as exc:
             require_docker(f"no nested Docker engine here: {exc}")
         yield engine
-    finally:
-        remove_all(docker_client, prefix)
 
 
 @pytest.fixture(scope="session")
 def swarm(docker_client: Any, worker_image: str) -> Iterator[Any]:
-    """A two-node Docker Swarm of nested engines with the worker image on both nodes."""
-    from concurrent.futures import ThreadPoolExecutor
+    """A two-node Docker Swarm of nested engines with the worker image on both nodes, one per test run
+    (shared by its xdist workers like ``nested_engine``)."""
+    from .nested import NestedUnavailable, reap_stale, shared_swarm
 
-    from .nested import NestedUnavailable, load_saved, reap_stale, remove_all, save_image, start_swarm
-
-    prefix = _nested_prefix()
     reap_stale(docker_client)
-    try:
+    with contextlib.ExitStack() as stack:
         try:
-            with ThreadPoolExecutor(2) as pool:
-                saved = pool.submit(save_image, docker_client, worker_image)  # while the swarm forms
-                cluster = start_swarm(docker_client, prefix)
-                image = saved.result()
-                for load in [pool.submit(load_saved, e.client(), image) for e in cluster.engines]:
-                    load.result()
-                del saved, image
+            cluster = stack.enter_context(shared_swarm(docker_client, worker_image))
         except NestedUnavailable as exc:
             require_docker(f"no nested Docker swarm here: {exc}")
         yield cluster
-    finally:
-        remove_all(docker_client, prefix)

@@ -15,8 +15,11 @@ its ``/var/lib/docker`` on a volume of its own, sitting on a user-defined bridge
   has the same image id); ``save_image``/``load_saved`` save once (in memory) to load into several engines.
 - ``start_swarm(host, prefix)`` -> ``Swarm``: two engines on one network, a manager and a worker, both Ready;
   ``remove_swarm(host, swarm)``.
+- ``shared_engine(host, image)`` / ``shared_swarm(host, image)``: context managers giving an engine / a swarm
+  with ``image`` loaded, made once per test run and shared by its xdist workers (``shared``: a reference
+  count under a file lock; the last worker to leave removes it). The fixtures in conftest.py use them.
 - ``remove_all(host, prefix)``: remove every container, network and volume made here under ``prefix``;
-  ``reap_stale(host)``: the same for whatever a dead test process (same host name, pid gone) left behind.
+  ``reap_stale(host)``: the same for whatever a dead test run (same host name, pid gone) left behind.
 - ``tcp_server(address)``: a tiny TCP server on the host for "can an inner container reach the host" checks.
 
 Facts worth knowing (verified on a cgroup v1 host with Docker 20.10 running Debian trixie's docker.io 26.1):
@@ -49,10 +52,12 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -62,7 +67,7 @@ BASE_IMAGE = "mahabharatha-base:trixie"
 LABEL = "io.mahabharatha.test"  # = "nested" on everything made here
 LABEL_VALUE = "nested"
 LABEL_PREFIX = "io.mahabharatha.test.prefix"  # the prefix remove_all(prefix) looks for
-LABEL_OWNER = "io.mahabharatha.test.owner"  # "<host name>:<pid>" of the test process that made it
+LABEL_OWNER = "io.mahabharatha.test.owner"  # "<host name>:<pid>" of the test run that made it (see _owner)
 LABEL_DOCKERFILE = "io.mahabharatha.test.dockerfile"  # sha256 of DOCKERFILE + the base image id
 API_PORT = 2375
 SWARM_PORT = 2377
@@ -84,7 +89,10 @@ class NestedUnavailable(RuntimeError):
 
 
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``<host name>:<pid>`` of the process whose death makes what is made here stale: this process, or
+    under pytest-xdist the controller (a worker's parent), since workers of one run share engines."""
+    pid = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+    return f"{socket.gethostname()}:{pid}"
 
 
 def _labels(prefix: str) -> dict[str, str]:
@@ -500,9 +508,10 @@ def remove_swarm(host: docker.DockerClient, swarm: Swarm) -> None:
 def _remove_labelled(
     host: docker.DockerClient, filters: dict[str, Any], keep: Callable[[dict[str, str]], bool]
 ) -> None:
-    for row in host.api.containers(all=True, filters=filters):
-        if not keep(row.get("Labels") or {}):
-            _remove_container(host, row["Id"])
+    doomed = [row["Id"] for row in host.api.containers(all=True, filters=filters) if not keep(row.get("Labels") or {})]
+    if doomed:
+        with ThreadPoolExecutor(min(len(doomed), 4)) as pool:  # engines go in parallel (a swarm's two nodes)
+            list(pool.map(lambda container_id: _remove_container(host, container_id), doomed))
     for net in host.networks.list(filters=filters):
         if not keep(net.attrs.get("Labels") or {}):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
@@ -518,22 +527,179 @@ def remove_all(host: docker.DockerClient, prefix: str) -> None:
     _remove_labelled(host, {"label": [f"{LABEL}={LABEL_VALUE}", f"{LABEL_PREFIX}={prefix}"]}, lambda _: False)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
 def _alive(owner: str) -> bool:
     hostname, _, pid = owner.rpartition(":")
     if hostname != socket.gethostname() or not pid.isdigit():
         return True  # not ours to judge
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _pid_alive(int(pid))
 
 
 def reap_stale(host: docker.DockerClient) -> None:
     """Remove what test processes of this host that no longer run left behind (a crash, a SIGKILL)."""
     _remove_labelled(host, {"label": f"{LABEL}={LABEL_VALUE}"}, lambda labels: _alive(labels.get(LABEL_OWNER, "")))
+
+
+# --- one engine (one swarm) per test run, shared by its xdist workers ---------------------------------------
+
+T = TypeVar("T")
+
+
+def new_prefix() -> str:
+    return f"mh-nested-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _read_users(path: Path) -> tuple[str | None, list[int]]:
+    try:
+        prefix, *users = path.read_text().split()
+    except (FileNotFoundError, ValueError):
+        return None, []
+    return prefix, [int(u) for u in users if u.isdigit()]
+
+
+@contextlib.contextmanager
+def shared(
+    kind: str, create: Callable[[str], T], attach: Callable[[str], T], remove: Callable[[str], None]
+) -> Iterator[T]:
+    """One ``kind`` of resource for all xdist workers of a test run that ask for it at the same time.
+
+    ``create(prefix)`` makes it (labelled with ``prefix``), ``attach(prefix)`` finds what another worker made,
+    ``remove(prefix)`` removes it. A state file (``<prefix> <pid>...``, per run and kind, in the temp dir)
+    counts the workers using it under a file lock; the last one to leave removes it, and a worker that
+    finds only dead users there (a crashed worker) replaces it. Outside xdist it is simply made and removed.
+    A process holds each kind once (a session fixture), not nested.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        prefix = new_prefix()
+        try:
+            yield create(prefix)
+        finally:
+            remove(prefix)
+        return
+    tmp = Path(tempfile.gettempdir())
+    lock = tmp / f"mahabharatha-nested-shared-{kind}.lock"  # one per kind, never unlinked (no lock races)
+    state = tmp / f"mahabharatha-nested-shared-{kind}-{run}.users"
+    me = os.getpid()
+    with _locked(lock):
+        prefix, users = _read_users(state)
+        users = [pid for pid in users if pid != me and _pid_alive(pid)]
+        value: T | None = None
+        if prefix and users:
+            try:
+                value = attach(prefix)
+            except NestedUnavailable:
+                users = []  # broken: replace it (its other users will fail on their own)
+        if value is None:
+            if prefix:
+                remove(prefix)
+            prefix = new_prefix()
+            state.write_text(prefix)  # before creating, so a crash half-way is still found and removed
+            try:
+                value = create(prefix)
+            except BaseException:
+                remove(prefix)
+                state.unlink(missing_ok=True)
+                raise
+            users = []
+        state.write_text(" ".join([prefix, *map(str, [*users, me])]))
+    try:
+        yield value
+    finally:
+        with _locked(lock):
+            current, users = _read_users(state)
+            users = [pid for pid in users if pid != me and _pid_alive(pid)]
+            if current == prefix and users:
+                state.write_text(" ".join([prefix, *map(str, users)]))
+            else:
+                remove(prefix)
+                if current == prefix:
+                    state.unlink(missing_ok=True)
+
+
+def attach_engine(host: docker.DockerClient, name: str) -> NestedEngine:
+    """The running nested engine container ``name`` (made by another process) as a NestedEngine."""
+    try:
+        return _wait_engine(host, host.api.inspect_container(name)["Id"])
+    except docker.errors.NotFound as exc:
+        raise NestedUnavailable(f"nested engine {name} is gone") from exc
+
+
+def attach_swarm(host: docker.DockerClient, prefix: str) -> Swarm:
+    """The running swarm ``start_swarm(host, prefix)`` made (in another process)."""
+    manager, worker = (attach_engine(host, f"{prefix}-{role}") for role in ("manager", "worker"))
+    node_ids = _wait_ready(manager.client(), 2, START_TIMEOUT)
+    return Swarm(manager=manager, worker=worker, network=f"{prefix}-net", node_ids=node_ids)
+
+
+def _with_image(host: docker.DockerClient, image: str, start: Callable[[], T], engines: Callable[[T], Any]) -> T:
+    """``start()``, saving ``image`` meanwhile, then load it into each of ``engines(started)`` in parallel."""
+    with ThreadPoolExecutor(2) as pool:
+        saved = pool.submit(save_image, host, image)
+        started = start()
+        archive = saved.result()
+        for load in [pool.submit(load_saved, e.client(), archive) for e in engines(started)]:
+            load.result()
+    return started
+
+
+@contextlib.contextmanager
+def shared_engine(host: docker.DockerClient, image: str) -> Iterator[NestedEngine]:
+    """A nested engine with ``image`` loaded, shared by the run's xdist workers (see ``shared``)."""
+
+    def create(prefix: str) -> NestedEngine:
+        return _with_image(
+            host, image, lambda: start_engine(host, f"{prefix}-engine", f"{prefix}-net", prefix=prefix),
+            lambda engine: [engine],
+        )
+
+    def attach(prefix: str) -> NestedEngine:
+        engine = attach_engine(host, f"{prefix}-engine")
+        load_image(host, engine.client(), image)  # normally there already: then a no-op
+        return engine
+
+    with shared("engine", create, attach, lambda prefix: remove_all(host, prefix)) as engine:
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+
+@contextlib.contextmanager
+def shared_swarm(host: docker.DockerClient, image: str) -> Iterator[Swarm]:
+    """A two-node swarm with ``image`` on both nodes, shared by the run's xdist workers (see ``shared``)."""
+
+    def attach(prefix: str) -> Swarm:
+        swarm = attach_swarm(host, prefix)
+        for engine in swarm.engines:
+            load_image(host, engine.client(), image)
+        return swarm
+
+    def create(prefix: str) -> Swarm:
+        return _with_image(host, image, lambda: start_swarm(host, prefix), lambda swarm: swarm.engines)
+
+    with shared("swarm", create, attach, lambda prefix: remove_all(host, prefix)) as swarm:
+        try:
+            yield swarm
+        finally:
+            for engine in swarm.engines:
+                engine.close()
 
 
 # --- a host-side TCP server ---------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import docker
+import pytest
 from docker.types import RestartPolicy, ServiceMode
 
 from .nested import (
@@ -24,8 +26,13 @@ from .nested import (
     Swarm,
     client_script,
     reap_stale,
+    shared,
     tcp_server,
 )
+
+# Order matters for time, not for results: xdist gives each worker a first chunk of consecutive tests (two each
+# for this file alone under -n 2), so two engine tests come first and the swarm's next: one worker sets up the
+# engine while the other sets up the swarm (each is made once per run and shared by its workers).
 
 TERMINAL = {"complete", "failed", "rejected", "shutdown", "orphaned", "remove"}
 
@@ -53,26 +60,6 @@ def test_an_inner_container_reaches_a_host_server_at_the_gateway(
         )
         assert out.decode().strip() == f"ok {message}"
         assert server.lines == [message]
-
-
-def test_the_memory_limit_oom_kills_with_137_in_the_nested_engine(
-    nested_engine: NestedEngine, worker_image: str
-) -> None:
-    inner = nested_engine.client()
-    container = inner.containers.run(
-        worker_image,
-        ["python3", "-c", "b = b'x' * (512 << 20); print('survived')"],
-        mem_limit="64m",
-        memswap_limit="64m",
-        detach=True,
-    )
-    try:
-        assert container.wait(timeout=60)["StatusCode"] == 137
-        container.reload()
-        assert container.attrs["State"]["OOMKilled"] is True
-        assert b"survived" not in container.logs()
-    finally:
-        container.remove(force=True)
 
 
 def test_the_swarm_has_two_ready_nodes(swarm: Swarm) -> None:
@@ -126,9 +113,30 @@ def test_a_swarm_service_runs_one_task_per_node_and_reaches_the_host(swarm: Swar
         raise AssertionError(f"service {service.name} still exists after remove")
 
 
+def test_the_memory_limit_oom_kills_with_137_in_the_nested_engine(
+    nested_engine: NestedEngine, worker_image: str
+) -> None:
+    inner = nested_engine.client()
+    container = inner.containers.run(
+        worker_image,
+        ["python3", "-c", "b = b'x' * (512 << 20); print('survived')"],
+        mem_limit="64m",
+        memswap_limit="64m",
+        detach=True,
+    )
+    try:
+        assert container.wait(timeout=60)["StatusCode"] == 137
+        container.reload()
+        assert container.attrs["State"]["OOMKilled"] is True
+        assert b"survived" not in container.logs()
+    finally:
+        container.remove(force=True)
+
+
 def test_reap_stale_removes_what_a_dead_test_process_left_and_nothing_else(docker_client: Any) -> None:
-    dead_pid = subprocess.Popen(["true"]).pid
-    os.waitpid(dead_pid, 0)
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead_pid = child.pid
     tag = uuid.uuid4().hex[:8]
     owners = {
         "dead": f"{socket.gethostname()}:{dead_pid}",
@@ -151,3 +159,37 @@ def test_reap_stale_removes_what_a_dead_test_process_left_and_nothing_else(docke
                 thing.remove()
             except docker.errors.NotFound:
                 pass
+
+
+def test_shared_is_made_once_per_run_and_removed_by_its_last_live_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    events: list[tuple[str, str]] = []
+
+    def use() -> Any:
+        return shared(
+            "thing",
+            lambda prefix: events.append(("create", prefix)) or prefix,
+            lambda prefix: events.append(("attach", prefix)) or prefix,
+            lambda prefix: events.append(("remove", prefix)),
+        )
+
+    other = subprocess.Popen(["sleep", "60"])  # stands in for another xdist worker of the run
+    try:
+        with use() as first:
+            (state,) = tmp_path.glob("mahabharatha-nested-shared-thing-*.users")
+            state.write_text(f"{state.read_text()} {other.pid}")  # the other worker came in too
+        assert events == [("create", first)]  # the other one still runs: kept for it
+        assert state.read_text().split() == [first, str(other.pid)]
+        with use() as again:  # a worker coming in later attaches
+            assert again == first
+        assert events == [("create", first), ("attach", first)]
+    finally:
+        other.kill()
+        other.wait()
+    with use() as replacement:  # only dead users left (a crashed worker): what they used is replaced
+        assert replacement != first
+    assert events[2:] == [("remove", first), ("create", replacement), ("remove", replacement)]
+    assert not state.exists()
