@@ -37,7 +37,7 @@ _HANDLERS = {
     "render": "dryrun:cmd_render",
 }
 
-RENDER_FORMATS = ("text", "json", "docker", "k8s")
+RENDER_FORMATS = ("text", "json", "docker", "swarm", "k8s")
 
 
 def _int_at_least(minimum: int, words: str) -> Callable[[str], int]:
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-failed", action="store_true", help="on a failed, stopped or interrupted launch or run, keep the containers for debugging")
 
     p = sub.add_parser("render", help="print the launch plan in one form (like kurukshetra --dry-run --render FORMAT)")
-    p.add_argument("format", choices=RENDER_FORMATS, help="text, json, docker (docker run lines) or k8s (Kubernetes YAML)")
+    p.add_argument("format", choices=RENDER_FORMATS, help="text, json, docker (docker run lines), swarm (Swarm service specs) or k8s (Kubernetes YAML)")
     _repo_args(p)
     p.add_argument("--workers", type=_positive_int, help="number of workers (capped by workers.max_concurrent)")
     p.add_argument("--mode", choices=("container", "subprocess"), help="launcher type (overrides workers.launcher_type)")

@@ -3,7 +3,8 @@
 
 Four forms of the same plan (``--render``): ``text`` (the default: the plan in words, then one ``docker run``
 line per worker), ``json`` (the canonical plan; ``--json`` is the old spelling), ``docker`` (only the
-``docker run`` lines) and ``k8s`` (the Kubernetes Secret and Jobs, for a remote-transport plan).
+``docker run`` lines), ``swarm`` (the Engine API service specs a Swarm run creates) and ``k8s`` (the
+Kubernetes Secret and Jobs, for a remote-transport plan).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def _print(launch_plan: LaunchPlan, form: str, *, namespace: str) -> None:
         out = sys.stdout.buffer
         out.write(render_json(launch_plan) + b"\n")
         out.flush()
+        return
+    if form == "swarm":
+        from ..core.render_swarm import render_swarm_json
+
+        sys.stdout.write(render_swarm_json(launch_plan))
+        sys.stdout.flush()
         return
     if form == "k8s":
         from ..core.render_k8s import render_k8s_yaml

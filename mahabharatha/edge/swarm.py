@@ -27,63 +27,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from ..core.memory import parse_memory
 from ..core.model import LABEL_FEATURE, LABEL_MANAGED, LABEL_REPO, LaunchPlan, WorkerSpec
+from ..core.render_swarm import service_spec
 from ..errors import LaunchError
 from ..worker import protocol as P
 from ..worker.protocol import exit_meaning, ready_line
 from . import executor as X
 
-__all__ = ["SwarmLauncher", "swarm_preflight", "service_kwargs", "POLL_S", "ENDED"]
+__all__ = ["SwarmLauncher", "swarm_preflight", "POLL_S", "ENDED"]
 
 POLL_S = X.TASK_POLL_S  # task states are polled: the manager's API has no event for a task's container ending
 ENDED = X.TASK_ENDED
-_STOP_GRACE_NS = 30 * 10**9
-
-
-def _tmpfs_mount(target: str, options: str) -> Any:
-    from docker.types import Mount
-
-    size = mode = None
-    for opt in options.split(","):
-        key, _, value = opt.partition("=")
-        if key == "size":
-            size = parse_memory(value)[1]
-        elif key == "mode":
-            mode = int(value, 8)
-    return Mount(target=target, source=None, type="tmpfs", tmpfs_size=size, tmpfs_mode=mode)
-
-
-def service_kwargs(spec: WorkerSpec, image_id: str, secret_refs: list[Any]) -> dict[str, Any]:
-    """docker-py ``services.create(**kwargs)`` for one worker (no secret value here: they are Swarm secrets,
-    referenced by ``secret_refs``)."""
-    from docker.types import EndpointSpec, Mount, Resources, RestartPolicy, ServiceMode
-
-    resources = Resources(cpu_limit=round(spec.cpus * 1e9), mem_limit=spec.mem_limit_bytes)
-    if spec.pids_limit:
-        resources["Limits"]["Pids"] = spec.pids_limit  # API 1.41; docker-py has no parameter for it
-    mounts = [_tmpfs_mount(t.target, t.options) for t in spec.tmpfs]
-    mounts += [Mount(target=target, source=None, type="volume") for target in spec.volumes]
-    return {
-        "image": image_id,
-        "command": list(spec.command),
-        "name": spec.name,
-        "env": [f"{k}={v}" for k, v in spec.env_dict().items()],
-        "workdir": spec.working_dir,
-        "user": spec.user,
-        "labels": spec.label_dict(),
-        "container_labels": spec.label_dict(),
-        "mounts": mounts,
-        "secrets": secret_refs,
-        "read_only": spec.read_only,
-        "init": spec.init,
-        "cap_drop": list(spec.cap_drop) or None,
-        "stop_grace_period": _STOP_GRACE_NS,
-        "resources": resources,
-        "restart_policy": RestartPolicy(condition="none"),
-        "mode": ServiceMode("replicated", replicas=1),
-        "endpoint_spec": EndpointSpec(mode="dnsrr"),
-    }
 
 
 def _manager(client: Any, engine: str) -> None:
@@ -183,27 +137,23 @@ class SwarmLauncher:
     # -- creating ---------------------------------------------------------------------------------------
     def _create(self, spec: WorkerSpec) -> str:
         import docker.errors
-        from docker.types import SecretReference
 
         self._remove_worker(spec.worker_id, name=spec.name)
-        uid, _, gid = spec.user.partition(":")
-        refs, ids = [], []
-        tag = uuid.uuid4().hex[:8]
-        labels = spec.label_dict()
+        token = next(var for var in spec.secret_environment if var.name == P.ENV_CHANNEL_TOKEN)
+        name = f"{spec.name}-token-{uuid.uuid4().hex[:8]}"  # (credentials travel over the channel)
         try:
-            for var in spec.secret_environment:
-                if var.name != P.ENV_CHANNEL_TOKEN:
-                    continue  # credentials travel over the channel (see worker.bootstrap)
-                name = f"{spec.name}-{var.name.lower().replace('_', '-')}-{tag}"
-                secret = self.client.secrets.create(name=name, data=var.value.reveal().encode(), labels=labels)
-                ids.append(secret.id)
-                refs.append(SecretReference(secret.id, name, filename=var.name, uid=uid, gid=gid or uid, mode=0o400))
-            self.secrets[spec.worker_id] = ids
-            service = self.client.services.create(**service_kwargs(spec, self.image_id, refs))
+            secret = self.client.secrets.create(name=name, data=token.value.reveal().encode(), labels=spec.label_dict())
+            self.secrets[spec.worker_id] = [secret.id]
+            body = service_spec(spec, image=self.image_id, token_secret=(secret.id, name))  # the dry-run's view
+            created = self.client.api.create_service(
+                body["TaskTemplate"], name=body["Name"], labels=body["Labels"], mode=body["Mode"],
+                endpoint_spec=body["EndpointSpec"],
+            )
         except docker.errors.APIError as exc:
             raise LaunchError(f"Failed to start service {spec.name}: {X.redactor([spec])(str(exc.explanation or exc))}") from None
-        self.services[spec.worker_id] = service.id
-        return str(service.id)
+        service_id = str(created["ID"])
+        self.services[spec.worker_id] = service_id
+        return service_id
 
     def _ready(self, spec: WorkerSpec, service_id: str) -> None:
         """Wait for the task to run (polled) and the worker's ready line (its log, copied to the host log)."""

@@ -226,14 +226,23 @@ def test_the_bootstrap_fetches_the_runtime_and_runs_it(server: Any, tmp_path: Pa
     assert bad.returncode == 1 and "refused" in bad.stderr
 
 
-def test_swarm_services_get_secrets_by_reference_only(tmp_path: Path) -> None:
-    from mahabharatha.edge.swarm import service_kwargs
+def test_swarm_service_specs_are_a_pure_view_without_credentials(tmp_path: Path) -> None:
+    from mahabharatha.core.render_swarm import render_swarm, render_swarm_json, service_spec
 
     repo = _repo(tmp_path)
-    p = plan(repo, feature="f", mode="swarm", home=tmp_path, environ={
+    p = plan(repo, feature="f", mode="swarm", workers=2, home=tmp_path, overrides={"workers.max_concurrent": 2}, environ={
         "DOCKER_HOST": "tcp://10.9.8.7:2375", "MAHABHARATHA_CHANNEL_ADDRESS": "10.9.8.1", "ANTHROPIC_API_KEY": "sk-ant-svc"})
-    kw = service_kwargs(p.workers[0], "sha256:" + "a" * 64, [])
-    assert kw["image"].startswith("sha256:") and "sk-ant-svc" not in repr(kw)
-    assert kw["restart_policy"]["Condition"] == "none" and kw["resources"]["Limits"]["Pids"] == 1024
-    assert [m["Type"] for m in kw["mounts"]].count("volume") == 1 and kw["cap_drop"] == ["ALL"]
-    assert kw["read_only"] is True
+    assert render_swarm_json(p) == render_swarm_json(p) and "sk-ant-svc" not in render_swarm_json(p)
+    specs = render_swarm(p)
+    assert [s["Name"] for s in specs] == [w.name for w in p.workers]
+    task = specs[0]["TaskTemplate"]
+    assert task["RestartPolicy"] == {"Condition": "none"} and task["Resources"]["Limits"]["Pids"] == 1024
+    container = task["ContainerSpec"]
+    assert container["Image"].startswith("<id of ") and container["ReadOnly"] is True
+    assert container["CapabilityDrop"] == ["ALL"] and container["Command"] == list(bootstrap.COMMAND)
+    assert [m["Type"] for m in container["Mounts"]] == ["tmpfs", "tmpfs", "volume"]
+    assert container["Secrets"][0]["File"]["Name"] == P.ENV_CHANNEL_TOKEN
+    # what the launcher sends: the same body, with the image id and the token's secret filled in
+    filled = service_spec(p.workers[0], image="sha256:" + "a" * 64, token_secret=("sid", "sname"))
+    assert filled["TaskTemplate"]["ContainerSpec"]["Image"] == "sha256:" + "a" * 64
+    assert {k: v for k, v in filled.items() if k != "TaskTemplate"} == {k: v for k, v in specs[0].items() if k != "TaskTemplate"}
