@@ -174,8 +174,11 @@ def render_docker_run(spec: WorkerSpec) -> str:
         args += ["--label", f"{label.key}={label.value}"]
     for e in spec.environment:
         args += ["-e", f"{e.name}={e.value}"]
-    for s in spec.secret_environment:
-        args += ["-e", s.name]  # value from the caller's environment, never printed
+    if spec.mounts or not spec.volumes:
+        for s in spec.secret_environment:
+            args += ["-e", s.name]  # value from the caller's environment, never printed
+    else:  # remote transport: only the run's channel token goes through the engine (credentials: the channel)
+        args += ["-e", "MAHABHARATHA_CHANNEL_TOKEN"]
     args.append(spec.image)
     args.extend(spec.command)
     return shlex.join(args)

@@ -85,7 +85,7 @@ security:
         ("workers:\n  max_concurrent: 0\n", ["workers.max_concurrent", "found 0"]),
         ("workers:\n  max_concurrent: true\n", ["workers.max_concurrent", "found True"]),
         ("workers:\n  timeout_minutes: 0\n", ["workers.timeout_minutes"]),
-        ("workers:\n  launcher_type: vm\n", ["workers.launcher_type", "'subprocess', 'container' or 'swarm'", "'vm'"]),
+        ("workers:\n  launcher_type: vm\n", ["workers.launcher_type", "'subprocess', 'container', 'swarm' or 'kubernetes'", "'vm'"]),
         ("workers:\n  container_prefix: -bad\n", ["workers.container_prefix", "'-bad'"]),
         ("workers:\n  container_prefix: a/b\n", ["workers.container_prefix"]),
         ("workers:\n  agent_command: ''\n", ["workers.agent_command"]),
