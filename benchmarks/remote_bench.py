@@ -19,8 +19,6 @@ machine (2 cores here), so the figures measure our protocol and the engines' wor
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,27 +37,15 @@ from mahabharatha.edge.orchestrator import orchestrate  # noqa: E402
 from mahabharatha.planning import plan as make_plan  # noqa: E402
 from tests.integration import nested  # noqa: E402
 
-AGENT = 'mkdir -p out && echo "$MAHABHARATHA_TASK_ID" > "out/$MAHABHARATHA_TASK_ID.txt"'
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import orchestration_bench  # noqa: E402
+
+AGENT = orchestration_bench.AGENT
 
 
 def make_repo(root: Path, tasks: int, prefix: str, image: str, workers: int, extra: str) -> Path:
-    repo = root / "repo"
-    repo.mkdir(parents=True)
-    run = lambda *a: subprocess.run(["git", "-C", str(repo), "-c", "user.name=b", "-c", "user.email=b@x.invalid", *a], check=True, capture_output=True)  # noqa: E731
-    run("init", "-q", "-b", "main")
-    (repo / "README.md").write_text("bench\n")
-    run("add", "-A")
-    run("commit", "-qm", "initial")
-    per = max(1, tasks // 3)
-    graph = {"feature": "bench", "tasks": [
-        {"id": f"T{i}", "title": f"t{i}", "level": 1 + i // per,
-         "dependencies": [f"T{j}" for j in range((i // per - 1) * per, (i // per) * per)] if i >= per else [],
-         "files": {"create": [f"out/T{i}.txt"], "modify": [], "read": []}, "verification": {"command": ""}}
-        for i in range(per * 3)
-    ]}
-    spec = repo / ".gsd" / "specs" / "bench"
-    spec.mkdir(parents=True)
-    (spec / "task-graph.json").write_text(json.dumps(graph))
+    """The orchestration benchmark's repository (``tasks`` no-op tasks in 3 levels) with this run's config."""
+    repo = orchestration_bench.make_repo(root, tasks, 3)
     (repo / ".mahabharatha").mkdir()
     (repo / ".mahabharatha" / "config.yaml").write_text(
         f"workers:\n  max_concurrent: {workers}\n  container_prefix: {prefix}\n  agent_command: '{AGENT}'\n{extra}"

@@ -21,7 +21,7 @@ from .core.model import LaunchPlan
 from .core.plan import build_plan
 from .errors import ConfigError
 
-__all__ = ["plan", "find_repo_root", "resolve_feature", "CURRENT_FEATURE_RELPATH"]
+__all__ = ["plan", "find_repo_root", "resolve_feature", "docker_context", "CURRENT_FEATURE_RELPATH"]
 
 CURRENT_FEATURE_RELPATH = ".gsd/.current-feature"
 
@@ -79,7 +79,7 @@ def plan(
     )
     if graph is None:
         graph = _read_graph_if_any(root, feature)
-    engine = engine_target(env.get("DOCKER_HOST") or None, _docker_context(env, home_dir), config.workers.transport)
+    engine = engine_target(env.get("DOCKER_HOST") or None, docker_context(env, home_dir), config.workers.transport)
     remote = engine.transport == "remote" or config.workers.launcher_type in ("swarm", "kubernetes")
     channel_host = ""
     if remote and config.workers.launcher_type not in ("subprocess", "kubernetes") and not config.workers.channel_address:
@@ -101,7 +101,7 @@ def plan(
     )
 
 
-def _docker_context(env: Mapping[str, str], home: Path) -> tuple[str, str] | None:
+def docker_context(env: Mapping[str, str], home: Path) -> tuple[str, str] | None:
     """The current Docker context's ``(name, engine address)`` (``DOCKER_CONTEXT``, else ``currentContext`` in
     the Docker CLI's config.json), or None for the default context or when it cannot be read."""
     import hashlib

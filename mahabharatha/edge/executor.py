@@ -181,8 +181,18 @@ def redactor(specs: Iterable[WorkerSpec]) -> Callable[[str], str]:
 # Engine access
 
 
+_LOCAL_SOCKET = "unix:///var/run/docker.sock"
+
+
 def _docker_host() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    """The engine every command talks to: ``DOCKER_HOST``, else the current Docker context's (what the planner
+    says the plan targets), else the local socket."""
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    from ..planning import docker_context
+
+    context = docker_context(os.environ, Path.home())
+    return context[1] if context else _LOCAL_SOCKET
 
 
 def _permission_denied(exc: BaseException) -> bool:
@@ -251,8 +261,14 @@ def make_client(workers: int = 1, *, timeout: int = 120, action: str = "Failed t
     """
     import docker
 
+    pool = max(10, 2 * workers + 4)
+    host = _docker_host()
     try:
-        client = docker.from_env(max_pool_size=max(10, 2 * workers + 4), timeout=timeout)
+        if os.environ.get("DOCKER_HOST") or host == _LOCAL_SOCKET:
+            # ssh:// through the ssh binary (the user's keys, agent and config), as the docker CLI does
+            client = docker.from_env(max_pool_size=pool, timeout=timeout, use_ssh_client=host.startswith("ssh://"))
+        else:  # the current Docker context's engine (docker-py itself does not read contexts)
+            client = docker.DockerClient(base_url=host, max_pool_size=pool, timeout=timeout, use_ssh_client=host.startswith("ssh://"))
         client.ping()
     except _connection_errors() as exc:
         raise _engine_error(exc, action) from None

@@ -348,11 +348,8 @@ class KubeLauncher:
                     self.namespace, label_selector=self.selector, watch=True, resource_version=version,
                     allow_watch_bookmarks=True, timeout_seconds=_WATCH_TIMEOUT_S, _preload_content=False,
                 )
-                with self.cond:
-                    if self.closed:
-                        _interrupt(resp)
-                        return
-                    self._streams.add(resp)
+                if not self._track(resp):
+                    return
                 complete = False
                 try:
                     for line in _lines(resp):
@@ -527,16 +524,22 @@ class KubeLauncher:
                 self.cond.wait(timeout=delay)
             delay = min(delay * 2, 1.0)
 
+    def _track(self, resp: Any) -> bool:
+        """Keep an open stream where ``close`` can interrupt it; False (and closed) when the launcher is closed."""
+        with self.cond:
+            if self.closed:
+                _interrupt(resp)
+                return False
+            self._streams.add(resp)
+            return True
+
     def _read_log(self, pod: str, container: str, *, follow: bool) -> Iterator[bytes]:
         try:
             resp = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, follow=follow, _preload_content=False)
         except Exception:  # noqa: BLE001 - never started, or already gone: nothing to copy
             return
-        with self.cond:
-            if self.closed:
-                _interrupt(resp)
-                return
-            self._streams.add(resp)
+        if not self._track(resp):
+            return
         complete = False
         try:
             yield from _chunks(resp)

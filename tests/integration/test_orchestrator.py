@@ -69,8 +69,9 @@ def state_of(repo: Path) -> dict[str, Any]:
     return json.loads((repo / ".mahabharatha" / "state" / "feat" / "state.json").read_text())
 
 
-def test_three_levels_on_three_workers(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
-    graph = write_graph(git_repo, [
+def three_levels(repo: Path) -> Any:
+    """Six tasks in three levels: level 2 modifies level 1's file, level 3 the README (also used remotely)."""
+    return write_graph(repo, [
         task("A", 1, create=("src/a.py",), verify="test -f src/a.py && grep -c task src/a.py | grep -q 1"),
         task("B", 1, create=("src/b.py",)),
         task("C", 1, create=("docs/c.md",)),
@@ -78,6 +79,10 @@ def test_three_levels_on_three_workers(git_repo: Path, make_plan: Any, docker_cl
         task("E", 2, ("C",), create=("docs/e.md",)),
         task("F", 3, ("D", "E"), modify=("README.md",), verify="grep -q 'task F' README.md"),
     ])
+
+
+def test_three_levels_on_three_workers(git_repo: Path, make_plan: Any, docker_client: Any) -> None:
+    graph = three_levels(git_repo)
     result, lines = run(make_plan, docker_client, graph, 3)
     assert (result.status, result.exit_code) == ("done", 0), lines
     files = set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())

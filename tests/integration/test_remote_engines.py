@@ -20,7 +20,7 @@ import pytest
 from mahabharatha.edge.orchestrator import orchestrate
 from mahabharatha.worker import state as S
 
-from .test_orchestrator import AGENT, BASE, git, task, write_graph
+from .test_orchestrator import AGENT, BASE, git, task, three_levels, write_graph
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("nested")]
 
@@ -38,17 +38,6 @@ def remote_plan(make_plan: Any, url: str, gateway: str, workers: int, *, mode: s
     })
     assert plan.transport == "remote" and plan.engine == url and all(not w.mounts for w in plan.workers)
     return plan
-
-
-def three_levels(repo: Path) -> Any:
-    return write_graph(repo, [
-        task("A", 1, create=("src/a.py",), verify="test -f src/a.py"),
-        task("B", 1, create=("src/b.py",)),
-        task("C", 1, create=("docs/c.md",)),
-        task("D", 2, ("A", "B"), create=("src/d.py",), modify=("src/a.py",)),
-        task("E", 2, ("C",), create=("docs/e.md",)),
-        task("F", 3, ("D", "E"), modify=("README.md",), verify="grep -q 'task F' README.md"),
-    ])
 
 
 def assert_clean(host: Any, engine_container: str, engine_client: Any, repo: Path) -> None:
@@ -211,3 +200,42 @@ def test_stop_and_resume_on_a_swarm(git_repo: Path, make_plan: Any, swarm: Any, 
     stop_and_resume(git_repo, plan, swarm.manager.client(), swarm.manager.url, monkeypatch)
     for engine in swarm.engines:
         assert_clean(docker_client, engine.container_id, engine.client(), git_repo)
+
+
+def test_a_docker_context_selects_the_remote_engine(git_repo: Path, make_plan: Any, nested_engine: Any, temp_home: Path,
+                                                    docker_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DOCKER_HOST: the current Docker context names the engine, for the plan and for every client made
+    from it (docker-py itself reads no contexts)."""
+    import hashlib
+    import json
+
+    meta = temp_home / ".docker" / "contexts" / "meta" / hashlib.sha256(b"nested").hexdigest()
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(json.dumps({"Name": "nested", "Endpoints": {"docker": {"Host": nested_engine.url}}}))
+    (temp_home / ".docker" / "config.json").write_text(json.dumps({"currentContext": "nested"}))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(temp_home))
+    config = f"workers:\n  agent_command: {AGENT}\nresources:\n  container_memory_limit: 256m\n"
+    plan = make_plan(1, config=config, environ={"MAHABHARATHA_CHANNEL_ADDRESS": nested_engine.gateway})
+    assert (plan.engine, plan.engine_source, plan.transport) == (nested_engine.url, "context nested", "remote")
+    graph = write_graph(git_repo, [task("A", 1, create=("a.txt",)), task("B", 2, ("A",), create=("b.txt",))])
+    lines: list[str] = []
+    result = orchestrate(plan, graph, out=lines.append)  # no client: made from the context
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    assert {"a.txt", "b.txt"} <= set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+
+
+def test_the_demo_feature_on_a_swarm(tmp_path: Path, swarm: Any, docker_client: Any, worker_image: str,
+                                     container_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mahabharatha.cli import main
+    from mahabharatha.demo import create_demo_repo
+
+    repo = create_demo_repo(tmp_path / "demo", image=worker_image, workers=2, container_prefix=container_prefix)
+    monkeypatch.setenv("DOCKER_HOST", swarm.manager.url)
+    monkeypatch.setenv("MAHABHARATHA_CHANNEL_ADDRESS", swarm.gateway)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["kurukshetra", "--repo", str(repo), "--workers", "2", "--mode", "swarm"]) == 0
+    demo_tasks = S.StateStore(str(repo / ".mahabharatha" / "state"), "demo").read()["tasks"]
+    assert demo_tasks and all(t["status"] == "done" for t in demo_tasks.values()), demo_tasks
+    for engine in swarm.engines:
+        assert_clean(docker_client, engine.container_id, engine.client(), repo)

@@ -23,7 +23,7 @@ from mahabharatha.core.engine import engine_target, host_of, parse_channel_addre
 from mahabharatha.core.model import ChannelEndpoint
 from mahabharatha.edge.channel import MAX_PENDING, ChannelServer, runtime_tar
 from mahabharatha.errors import ConfigError
-from mahabharatha.planning import _docker_context, plan
+from mahabharatha.planning import docker_context, plan
 from mahabharatha.worker import bootstrap
 from mahabharatha.worker import protocol as P
 from mahabharatha.worker.channel import Channel, ChannelError
@@ -69,17 +69,17 @@ def test_bad_channel_addresses_are_one_line_errors(bad: str) -> None:
     assert "HOST or HOST:PORT" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_the_docker_context_is_read_from_the_cli_config(tmp_path: Path) -> None:
+def test_thedocker_context_is_read_from_the_cli_config(tmp_path: Path) -> None:
     docker_dir = tmp_path / ".docker"
     meta = docker_dir / "contexts" / "meta" / hashlib.sha256(b"bigbox").hexdigest()
     meta.mkdir(parents=True)
     (meta / "meta.json").write_text(json.dumps({"Name": "bigbox", "Endpoints": {"docker": {"Host": "ssh://me@bigbox"}}}))
     (docker_dir / "config.json").write_text(json.dumps({"currentContext": "bigbox"}))
-    assert _docker_context({}, tmp_path) == ("bigbox", "ssh://me@bigbox")
-    assert _docker_context({"DOCKER_CONTEXT": "default"}, tmp_path) is None
-    assert _docker_context({"DOCKER_CONTEXT": "missing"}, tmp_path) is None
+    assert docker_context({}, tmp_path) == ("bigbox", "ssh://me@bigbox")
+    assert docker_context({"DOCKER_CONTEXT": "default"}, tmp_path) is None
+    assert docker_context({"DOCKER_CONTEXT": "missing"}, tmp_path) is None
     (docker_dir / "config.json").write_text("{not json")
-    assert _docker_context({}, tmp_path) is None
+    assert docker_context({}, tmp_path) is None
 
 
 # -- the plan of a remote worker ----------------------------------------------------------------------------
