@@ -229,6 +229,13 @@ def _socket_group(path: str) -> str:
 
 def _engine_error(exc: BaseException, action: str = "Failed to start container") -> LaunchError:
     host = _docker_host()
+    if host.startswith("ssh://") and "paramiko" in str(exc):
+        return LaunchError(f"{action}: the Docker engine at {host} needs paramiko for ssh://", hint="pip install paramiko")
+    if host.startswith("ssh://"):
+        return LaunchError(
+            f"{action}: cannot reach the Docker engine at {host} over ssh; check that `ssh {host[len('ssh://'):]} "
+            "docker version` works without a password prompt (a key or an agent; the far side needs the docker CLI)"
+        )
     if host.startswith("unix://") and _permission_denied(exc):
         socket_path = host[len("unix://"):]
         group = _socket_group(socket_path)

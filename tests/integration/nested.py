@@ -78,8 +78,11 @@ DOCKERFILE = f"""\
 FROM {BASE_IMAGE}
 # An imported base has no PATH of its own (build_offline_base.sh sets one; other bases may not).
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# docker-cli and openssh-server: the engine can also be reached as DOCKER_HOST=ssh://root@NODE (the docker CLI
+# on the far side runs `docker system dial-stdio`), as a real remote machine is.
 RUN apt-get update -qq \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io iptables >/dev/null \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io docker-cli iptables \\
+      openssh-server >/dev/null \\
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 """
 

@@ -239,3 +239,43 @@ def test_the_demo_feature_on_a_swarm(tmp_path: Path, swarm: Any, docker_client: 
     assert demo_tasks and all(t["status"] == "done" for t in demo_tasks.values()), demo_tasks
     for engine in swarm.engines:
         assert_clean(docker_client, engine.container_id, engine.client(), repo)
+
+
+def test_an_ssh_engine_and_the_channel_address_found_towards_it(git_repo: Path, make_plan: Any, nested_engine: Any,
+                                                                docker_client: Any, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``DOCKER_HOST=ssh://root@NODE``, as for a machine elsewhere: the clients go through the ssh binary (with a
+    config of this test's: a wrapper on PATH adds ``-F``, since OpenSSH reads ``~/.ssh`` from the passwd entry,
+    not ``$HOME``), and with no ``workers.channel_address`` the channel is this machine's address on the route
+    to that host."""
+    import os
+    import subprocess
+
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    pub = key.with_name("id_ed25519.pub").read_text().strip()
+    engine = docker_client.containers.get(nested_engine.container_id)
+    started = engine.exec_run(["sh", "-c",
+        "mkdir -p /root/.ssh /run/sshd && chmod 700 /root/.ssh && echo \"$KEY\" >> /root/.ssh/authorized_keys && "
+        "ssh-keygen -A >/dev/null && (pgrep -x sshd >/dev/null || /usr/sbin/sshd)"], environment={"KEY": pub})
+    assert started.exit_code == 0, started.output
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host *\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  BatchMode yes\n"
+                      "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
+    wrapper = tmp_path / "bin" / "ssh"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F "{config}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    url = f"ssh://root@{nested_engine.node_ip}"
+    monkeypatch.setenv("DOCKER_HOST", url)
+    config_yaml = f"workers:\n  agent_command: {AGENT}\nresources:\n  container_memory_limit: 256m\n"
+    plan = make_plan(2, config=config_yaml, environ={"DOCKER_HOST": url, "ANTHROPIC_API_KEY": API_KEY})
+    assert plan.transport == "remote" and plan.channel.host == nested_engine.gateway, plan.channel
+    graph = write_graph(git_repo, [task("A", 1, create=("a.txt",)), task("B", 1, create=("b.txt",)),
+                                   task("C", 2, ("A", "B"), create=("c.txt",))])
+    lines: list[str] = []
+    result = orchestrate(plan, graph, out=lines.append)  # every client made from DOCKER_HOST, over ssh
+    assert (result.status, result.exit_code) == ("done", 0), lines
+    assert {"a.txt", "b.txt", "c.txt"} <= set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+    assert_clean(docker_client, nested_engine.container_id, nested_engine.client(), git_repo)
