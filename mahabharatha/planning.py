@@ -16,12 +16,13 @@ from typing import Any
 from .core.auth import discover_auth
 from .core.config import CONFIG_RELPATH, load_config, validate_feature
 from .core.engine import engine_target, host_of, is_remote_host
+from .edge.dockerctx import docker_context
 from .core.graph import TaskGraph
 from .core.model import LaunchPlan
 from .core.plan import build_plan
 from .errors import ConfigError
 
-__all__ = ["plan", "find_repo_root", "resolve_feature", "docker_context", "CURRENT_FEATURE_RELPATH"]
+__all__ = ["plan", "find_repo_root", "resolve_feature", "CURRENT_FEATURE_RELPATH"]
 
 CURRENT_FEATURE_RELPATH = ".gsd/.current-feature"
 
@@ -99,31 +100,6 @@ def plan(
         requested_workers=workers,
         config_path=str(config_path),
     )
-
-
-def docker_context(env: Mapping[str, str], home: Path) -> tuple[str, str] | None:
-    """The current Docker context's ``(name, engine address)`` (``DOCKER_CONTEXT``, else ``currentContext`` in
-    the Docker CLI's config.json), or None for the default context or when it cannot be read."""
-    import hashlib
-    import json
-
-    config_dir = Path(env.get("DOCKER_CONFIG") or home / ".docker")
-    name = env.get("DOCKER_CONTEXT") or ""
-    if not name:
-        text = _read_home_file(config_dir / "config.json", 1 << 20)
-        try:
-            name = str((json.loads(text) if text else {}).get("currentContext") or "")
-        except (ValueError, AttributeError):
-            return None
-    if not name or name == "default":
-        return None
-    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
-    text = _read_home_file(meta, 1 << 20)
-    try:
-        host = json.loads(text)["Endpoints"]["docker"]["Host"] if text else ""
-    except (ValueError, KeyError, TypeError):
-        return None
-    return (name, host) if isinstance(host, str) and host else None
 
 
 def _address_towards(host: str) -> str:

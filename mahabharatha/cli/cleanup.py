@@ -20,7 +20,7 @@ def _request_stop(repo: str, feature: str) -> bool:
     """Mark a running run "stopped" in its state: the orchestrator (woken by the state write) stops its
     workers, and idle workers exit 130 on their own. True when there was a running run to stop."""
     from ..worker import state as S
-    from .ops import state_store
+    from .common import state_store
 
     store = state_store(repo, feature)
     if not store.exists():
@@ -37,7 +37,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     stops its own workers too and ends with exit 130; `mahabharatha kurukshetra` resumes it.
     """
     from ..edge import executor, processes
-    from .ops import repo_feature, state_store
+    from .common import repo_feature, state_store
 
     repo, feature = repo_feature(args)
     requested = _request_stop(repo, feature)
@@ -67,7 +67,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove the feature's containers and worktrees; refuse (naming them) worktrees with uncommitted work."""
     from ..core.plan import private_git_dir, run_branch_prefix
     from ..edge import executor, worktrees
-    from .ops import repo_feature, run_in_progress
+    from .common import repo_feature, run_in_progress
 
     repo, feature = repo_feature(args)
     if run_in_progress(repo, feature):

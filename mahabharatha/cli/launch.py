@@ -168,7 +168,7 @@ def cmd_kurukshetra(args: argparse.Namespace) -> int:
         import json
 
         from .documents import result_document
-        from .ops import state_store
+        from .common import state_store
 
         doc = result_document(result, repo=launch_plan.repo, feature=launch_plan.feature,
                               data=state_store(launch_plan.repo, launch_plan.feature).read())

@@ -418,7 +418,7 @@ def watch_status(repo: str, feature: str, data: dict[str, Any], *, stream: Any =
     """``status --watch``: the live view of the feature's run, fed by its journal (replayed, then followed
     while the run lasts); not on a terminal, the journal's lines as ``events -f`` prints them."""
     from ..edge.journal import Entry, follow_entries
-    from .ops import run_in_progress, state_store
+    from .common import run_in_progress, state_store
     from .watch import event_line
 
     stream = stream or sys.stdout

@@ -7,7 +7,6 @@ also asks the Docker engine (when reachable) for each worker container's state a
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError, MahabharathaError
 from ..worker import state as S
+from .common import repo_feature, run_in_progress, state_store
 
 __all__ = [
     "cmd_status",
@@ -26,25 +26,7 @@ __all__ = [
     "cmd_retry",
     "cmd_install_commands",
     "container_rows",
-    "repo_feature",
-    "state_store",
-    "run_in_progress",
 ]
-
-
-def repo_feature(args: argparse.Namespace) -> tuple[str, str]:
-    """The repository root (``--repo``) and feature (``--feature``, else ``.gsd/.current-feature``) a command
-    is about, resolved exactly as the planner does (container labels and state paths carry them)."""
-    from ..planning import find_repo_root, resolve_feature
-
-    root = find_repo_root(getattr(args, "repo", "."))
-    return str(root), resolve_feature(root, getattr(args, "feature", None) or None)
-
-
-def state_store(repo: str, feature: str) -> S.StateStore:
-    from ..core.plan import state_dir
-
-    return S.StateStore(state_dir(repo), feature)
 
 
 def _read_state(repo: str, feature: str) -> dict[str, Any]:
@@ -177,25 +159,6 @@ def _log_files(repo: str, feature: str, worker: str | None) -> list[Path]:
     if not files:
         raise MahabharathaError(f"no worker logs in {logs}", hint="start a run with `mahabharatha kurukshetra`")
     return files
-
-
-def run_in_progress(repo: str, feature: str) -> bool:
-    """True while a ``kurukshetra`` holds the feature's orchestrator lock. Only that process (container mode:
-    its log copiers; subprocess mode: its workers) writes the host log files, so following stops with it."""
-    path = state_store(repo, feature).run_lock_path
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # also releases our shared lock
-    return False
 
 
 _COLOURS = ("36", "33", "35", "32", "34", "31")

@@ -214,7 +214,7 @@ def render_html(pic: Picture, *, title: str = "") -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..edge.journal import read_entries
     from ..edge.safefs import write_nofollow
-    from .ops import repo_feature
+    from .common import repo_feature
 
     if getattr(args, "feature_arg", None):
         args.feature = args.feature_arg

@@ -116,7 +116,7 @@ def _range(args: argparse.Namespace, repo: str, feature: str, rc: RunCommits) ->
 def cmd_diff(args: argparse.Namespace) -> int:
     from ..edge.git import git
     from ..edge.journal import read_entries
-    from .ops import repo_feature
+    from .common import repo_feature
 
     repo, feature = repo_feature(args)
     entries = [e.event for e in read_entries(repo, feature)]
@@ -134,7 +134,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _review(args: argparse.Namespace) -> Iterator[tuple[str, dict, dict]]:
     """A state transaction on the level waiting for review: (feature, state document, review record)."""
-    from .ops import repo_feature, state_store
+    from .common import repo_feature, state_store
 
     repo, feature = repo_feature(args)
     store = state_store(repo, feature)

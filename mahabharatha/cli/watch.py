@@ -45,7 +45,7 @@ def _stamp(ts: float) -> str:
 
 def cmd_events(args: argparse.Namespace) -> int:
     from ..edge.journal import Entry, follow_entries, journal_path, read_entries, read_lines
-    from .ops import repo_feature, run_in_progress
+    from .common import repo_feature, run_in_progress
 
     repo, feature = repo_feature(args)
     path = journal_path(repo, feature)

@@ -189,7 +189,7 @@ def _docker_host() -> str:
     says the plan targets), else the local socket."""
     if os.environ.get("DOCKER_HOST"):
         return os.environ["DOCKER_HOST"]
-    from ..planning import docker_context
+    from .dockerctx import docker_context
 
     context = docker_context(os.environ, Path.home())
     return context[1] if context else _LOCAL_SOCKET

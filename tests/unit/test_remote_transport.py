@@ -23,7 +23,8 @@ from mahabharatha.core.engine import engine_target, host_of, parse_channel_addre
 from mahabharatha.core.model import ChannelEndpoint
 from mahabharatha.edge.channel import MAX_PENDING, ChannelServer, runtime_tar
 from mahabharatha.errors import ConfigError
-from mahabharatha.planning import docker_context, plan
+from mahabharatha.edge.dockerctx import docker_context
+from mahabharatha.planning import plan
 from mahabharatha.worker import bootstrap
 from mahabharatha.worker import protocol as P
 from mahabharatha.worker.channel import Channel, ChannelError
