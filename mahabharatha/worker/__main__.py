@@ -485,6 +485,9 @@ class Worker:
                 # Killed outright: in a container that is the memory limit's OOM killer. Exit 137 with the task
                 # still claimed, so the orchestrator applies its OOM policy (retry, then fail with advice).
                 say(f"[worker {self.worker_id}] agent killed (SIGKILL, likely out of memory) on {task_id}; exiting 137")
+                if self.remote:  # the workspace goes with this container: keep what the agent wrote first
+                    with contextlib.suppress(Exception):
+                        self.keep_leftovers(start)
                 return P.EXIT_OOM
             error = ""
             if run.stopped_for == "budget":

@@ -9,7 +9,7 @@ behaviour:
 - ``"exit": {"<attempt>": code}``: exit with ``code`` on that attempt (e.g. ``{"1": 2}``: context limit once);
 - ``"allocate_mb": {"<attempt>": mb}``: allocate and touch that much memory first (e.g. to be OOM-killed);
 - ``"sleep": seconds`` or ``{"<attempt>": seconds}``: sleep before writing (e.g. to be stopped mid-task);
-- ``"draft": "path"``: write that file (a draft) before sleeping: uncommitted work when stopped mid-task.
+- ``"draft": "path"``: write that file (a draft) first: uncommitted work when stopped or killed mid-task.
 
 Standard library only.
 """
@@ -27,16 +27,16 @@ def main() -> int:
         task = json.load(fh)
     attempt = os.environ.get("MAHABHARATHA_TASK_ATTEMPT", "1")
     script = task.get("scripted") or {}
+    draft = script.get("draft")
+    if isinstance(draft, str) and draft:
+        with open(draft, "w", encoding="utf-8") as fh:
+            fh.write(f"draft of task {task['id']}\n")
     mb = int((script.get("allocate_mb") or {}).get(attempt, 0))
     if mb:
         print(f"scripted agent: allocating {mb} MB", flush=True)
         hog = bytearray(mb * 1024 * 1024)
         for i in range(0, len(hog), 4096):
             hog[i] = 1
-    draft = script.get("draft")
-    if isinstance(draft, str) and draft:
-        with open(draft, "w", encoding="utf-8") as fh:
-            fh.write(f"draft of task {task['id']}\n")
     sleep = script.get("sleep") or 0
     if isinstance(sleep, dict):
         sleep = sleep.get(attempt, 0)

@@ -104,7 +104,8 @@ def test_the_demo_feature_on_a_remote_engine(tmp_path: Path, nested_engine: Any,
 
 
 def test_out_of_memory_on_a_remote_engine_is_retried(git_repo: Path, make_plan: Any, nested_engine: Any, docker_client: Any) -> None:
-    graph = write_graph(git_repo, [task("big", 1, create=("big.txt",), allocate_mb={"1": 400}), task("next", 2, ("big",), create=("n.txt",))])
+    graph = write_graph(git_repo, [task("big", 1, create=("big.txt",), allocate_mb={"1": 400}, draft="draft.txt"),
+                                   task("next", 2, ("big",), create=("n.txt",))])
     plan = remote_plan(make_plan, nested_engine.url, nested_engine.gateway, 1, memory="128m")
     lines: list[str] = []
     result = orchestrate(plan, graph, out=lines.append, client=nested_engine.client())
@@ -112,6 +113,9 @@ def test_out_of_memory_on_a_remote_engine_is_retried(git_repo: Path, make_plan: 
     assert any("exited 137" in line for line in lines), lines
     assert S.StateStore(plan.state_dir, "feat").read()["tasks"]["big"]["attempts"] == 2
     assert {"big.txt", "n.txt"} <= set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
+    # What the killed agent wrote was kept before its container (and workspace) went.
+    kept = git(git_repo, "for-each-ref", "--format=%(refname)", "refs/mahabharatha/interrupted/feat/").splitlines()
+    assert len(kept) == 1 and "draft.txt" in git(git_repo, "ls-tree", "-r", "--name-only", kept[0]), kept
 
 
 def stop_and_resume(git_repo: Path, plan: Any, client: Any, url: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
