@@ -8,30 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from mahabharatha.cli import main
-from mahabharatha.core.render_k8s import check_manifests
+
+from .test_render_k8s import repo, validate  # noqa: F401 - repo is a fixture
 
 KEY = "sk-ant-api03-" + "CliRenderSecret" * 3
 ENVIRON = {"DOCKER_HOST": "tcp://10.9.8.7:2375", "ANTHROPIC_API_KEY": KEY, "MAHABHARATHA_CHANNEL_ADDRESS": "10.9.8.1:7391"}
-
-
-def validate(docs):
-    for doc in docs:
-        kubernetes_validate.validate(doc, "1.30", strict=True)
-    assert check_manifests(docs) == []
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "app"
-    root.mkdir()
-    subprocess.run(["git", "init", "-q", str(root)], check=True)
-    (tmp_path / "home").mkdir()
-    return root
 
 
 def _cli_env(repo: Path) -> dict[str, str]:
