@@ -257,6 +257,24 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return (requests.exceptions.ConnectionError, docker.errors.DockerException, ConnectionError, FileNotFoundError)
 
 
+def _quiet_ssh_close() -> None:
+    """docker-py closes an ssh connection by writing to its ssh process, also when that process has ended (the
+    far side hung up): a BrokenPipeError from a finalizer at interpreter exit, printed as a traceback after
+    the command's own output. Such a close has nothing left to do, so it stays quiet."""
+    from docker.transport import sshconn
+
+    original = sshconn.SSHSocket.close
+    if getattr(original, "_mahabharatha_quiet", False):
+        return
+
+    def close(self: Any) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionError, ValueError):
+            original(self)
+
+    close._mahabharatha_quiet = True  # type: ignore[attr-defined]
+    sshconn.SSHSocket.close = close  # type: ignore[method-assign]
+
+
 def make_client(workers: int = 1, *, timeout: int = 120, action: str = "Failed to start container") -> DockerClient:
     """A ``docker.DockerClient`` from the environment, its connection pool sized for ``workers``.
 
@@ -270,6 +288,8 @@ def make_client(workers: int = 1, *, timeout: int = 120, action: str = "Failed t
 
     pool = max(10, 2 * workers + 4)
     host = _docker_host()
+    if host.startswith("ssh://"):
+        _quiet_ssh_close()
     try:
         if os.environ.get("DOCKER_HOST") or host == _LOCAL_SOCKET:
             # ssh:// through the ssh binary (the user's keys, agent and config), as the docker CLI does
