@@ -172,11 +172,14 @@ def test_three_levels_on_a_two_node_swarm(git_repo: Path, make_plan: Any, swarm:
     client = swarm.manager.client()
     plan = remote_plan(make_plan, swarm.manager.url, swarm.gateway, 2, mode="swarm")
     nodes: set[str] = set()
+    seen: list[Any] = []
 
     def on_event(event: Any) -> None:
         if type(event).__name__ == "WorkerReady":
             for svc in client.api.services(filters={"label": f"io.mahabharatha.repo={git_repo}"}):
                 nodes.update(t.get("NodeID", "") for t in client.api.tasks(filters={"service": svc["ID"]}))
+            for engine in swarm.engines:  # the task containers, on each node's own engine
+                mounts_watcher(engine.client(), git_repo, seen)(event)
 
     lines: list[str] = []
     result = orchestrate(plan, three_levels(git_repo), out=lines.append, client=client, on_event=on_event)
@@ -184,6 +187,7 @@ def test_three_levels_on_a_two_node_swarm(git_repo: Path, make_plan: Any, swarm:
     files = set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
     assert files >= {"README.md", "src/a.py", "src/b.py", "docs/c.md", "src/d.py", "docs/e.md"}
     assert nodes == set(swarm.node_ids.values()), (nodes, swarm.node_ids)  # workers ran on both nodes
+    assert len(seen) >= 2 and all(binds == [] for _, binds in seen), seen  # no bind mount on either node
     for engine in swarm.engines:
         assert_clean(docker_client, engine.container_id, engine.client(), git_repo)
 
