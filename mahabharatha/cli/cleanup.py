@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
+from typing import Any
 
 from ..errors import LaunchError, MahabharathaError, WorktreeError
 
@@ -63,6 +64,17 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kubernetes_plan(repo: str, feature: str) -> Any:
+    """The feature's plan when the repository's config runs it as Kubernetes Jobs, else None."""
+    from ..planning import plan
+
+    try:
+        p = plan(repo, feature=feature)
+    except MahabharathaError:
+        return None
+    return p if p.mode == "kubernetes" else None
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove the feature's containers and worktrees; refuse (naming them) worktrees with uncommitted work."""
     from ..core.plan import private_git_dir, run_branch_prefix
@@ -78,10 +90,18 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         )
     engine_error: MahabharathaError | None = None
     removed: list[str] = []
+    kube = _kubernetes_plan(repo, feature)
     try:
-        removed = executor.remove_containers(executor.make_client(action="Cannot remove containers"), repo, feature)
-        print(f"Removed {len(removed)} container(s){': ' + ', '.join(removed) if removed else ''}")
-    except LaunchError as exc:  # no engine: still clean up the worktrees, then report
+        if kube is not None:  # a run as Kubernetes Jobs: its Jobs and Secret go (by label), no Docker engine involved
+            from ..edge.kube import remove_run
+
+            selector = remove_run(kube)
+            removed = [selector]
+            print(f"Removed the feature's Kubernetes Jobs and Secret in namespace {kube.namespace} ({selector})")
+        else:
+            removed = executor.remove_containers(executor.make_client(action="Cannot remove containers"), repo, feature)
+            print(f"Removed {len(removed)} container(s){': ' + ', '.join(removed) if removed else ''}")
+    except LaunchError as exc:  # no engine or cluster: still clean up the worktrees, then report
         engine_error = exc
     refused: list[str] = []
     failed: list[str] = []

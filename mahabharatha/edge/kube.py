@@ -48,7 +48,7 @@ from ..core.secret import Secret
 from ..errors import ConfigError, LaunchError
 from ..worker.protocol import exit_meaning, ready_line
 
-__all__ = ["KubeLauncher", "ChannelLink", "kube_client"]
+__all__ = ["KubeLauncher", "ChannelLink", "kube_client", "remove_run"]
 
 _NAME_FREE_S = 60.0  # how long a (re)start waits for an old Job of the same name to be gone
 _WATCH_TIMEOUT_S = 300  # the server ends each watch after this; the launcher watches again from where it was
@@ -85,8 +85,11 @@ def kube_client(api_client: Any = None) -> Any:
 
 def _default_client(k: Any) -> Any:
     """A client from ``~/.kube/config`` (``KUBECONFIG``), else the pod's in-cluster service account."""
+    import os
+
     try:
-        k.config.load_kube_config()
+        # KUBECONFIG as it is now (the client reads it once, when it is first imported)
+        k.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
     except Exception as kube_exc:  # noqa: BLE001 - the two ways to find a cluster; say why neither worked
         try:
             k.config.load_incluster_config()
@@ -758,3 +761,24 @@ class KubeLauncher:
         if self._own_client:
             with contextlib.suppress(Exception):
                 self.api.close()
+
+
+def remove_run(plan: LaunchPlan, *, api_client: Any = None) -> str:
+    """Delete the feature's Jobs (their pods with them) and Secret by label in the plan's namespace, e.g. after
+    an orchestrator died (``mahabharatha cleanup``); the selector used. LaunchError when the cluster cannot be
+    reached."""
+    k = _kubernetes()
+    api = kube_client(api_client)
+    namespace = plan.namespace or "default"
+    selector = run_selector(plan)
+    batch, core = k.client.BatchV1Api(api), k.client.CoreV1Api(api)
+    try:
+        batch.delete_collection_namespaced_job(namespace, label_selector=selector, propagation_policy="Background")
+        core.delete_collection_namespaced_secret(namespace, label_selector=selector)
+    except Exception as exc:  # noqa: BLE001 - one line, whatever the client raised
+        raise LaunchError(f"Cannot remove the run's Jobs and Secret (label {selector}): {' '.join(str(exc).split())[:200]}") from None
+    finally:
+        if api_client is None:
+            with contextlib.suppress(Exception):
+                api.close()
+    return selector

@@ -323,3 +323,31 @@ def test_an_unreachable_api_is_one_line(tmp_path):
     # Cleanup could not reach it either: said once per kind, with the selector to clean up by hand.
     assert [line.split(" (")[0] for line in lines] == ["could not remove the run's Jobs", "could not remove the run's Secret"]
     assert all(run_selector(plan) in line for line in lines)
+
+
+def test_cleanup_removes_a_kubernetes_runs_jobs_and_secret_by_label(api, tmp_path, monkeypatch):
+    """`mahabharatha cleanup` of a repository whose config runs Kubernetes Jobs: what a run that died left (its
+    Jobs and Secret) is deleted by label through the API kubeconfig names (here the fake's); nothing else."""
+    from mahabharatha.cli import main
+
+    repo = tmp_path / "app"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".mahabharatha").mkdir()
+    (repo / ".mahabharatha" / "config.yaml").write_text(
+        "workers:\n  launcher_type: kubernetes\n  channel_address: 10.9.8.1\n  kubernetes_namespace: default\n")
+    (tmp_path / "kubeconfig").write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{api.url}'}}}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: me}}]\nusers: [{name: me, user: {token: t}}]\n")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    plan = mahabharatha.plan(repo, feature="feat", environ={}, home=tmp_path)
+    client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=api.url))
+    secret, *jobs = render_k8s(plan, channel_url=URL)
+    kubernetes.client.CoreV1Api(client).create_namespaced_secret("default", secret)
+    for job in jobs:
+        kubernetes.client.BatchV1Api(client).create_namespaced_job("default", job)
+    api.add_job({"metadata": {"name": "someone-else", "labels": {"app": "other"}}, "spec": {"template": {"spec": {}}}})
+    assert main(["cleanup", "feat", "--repo", str(repo)]) == 0
+    assert not api.secrets and [name for _, name in api.jobs] == ["someone-else"]
