@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 
 from mahabharatha.edge.orchestrator import orchestrate
@@ -287,3 +288,33 @@ def test_an_ssh_engine_and_the_channel_address_found_towards_it(git_repo: Path, 
     assert (result.status, result.exit_code) == ("done", 0), lines
     assert {"a.txt", "b.txt", "c.txt"} <= set(git(git_repo, "ls-tree", "-r", "--name-only", BASE).splitlines())
     assert_clean(docker_client, nested_engine.container_id, nested_engine.client(), git_repo)
+
+
+def test_build_image_builds_on_the_engine_it_targets_and_a_missing_image_names_it(
+    git_repo: Path, nested_engine: Any, docker_client: Any, temp_home: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    import uuid
+
+    from mahabharatha.cli import main
+
+    from .nested import BASE_IMAGE, load_image
+
+    tag = f"mh-remote-built:{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("DOCKER_HOST", nested_engine.url)
+    monkeypatch.setenv("MAHABHARATHA_CHANNEL_ADDRESS", nested_engine.gateway)
+    monkeypatch.setenv("HOME", str(temp_home))
+    (git_repo / ".mahabharatha").mkdir(exist_ok=True)
+    (git_repo / ".mahabharatha" / "config.yaml").write_text(
+        f"workers:\n  agent_command: {AGENT}\nresources:\n  container_image: {tag}\n  container_memory_limit: 256m\n")
+    write_graph(git_repo, [task("A", 1, create=("a.txt",))])
+    assert main(["kurukshetra", "--repo", str(git_repo), "--feature", "feat", "--mode", "container", "--workers", "1"]) != 0
+    err = capsys.readouterr().err
+    assert f"image {tag} not found on the Docker engine at {nested_engine.url}" in err and "\n" not in err.strip(), err
+    load_image(docker_client, nested_engine.client(), BASE_IMAGE)
+    assert main(["build-image", "--tag", tag, "--no-claude", "--base-image", BASE_IMAGE]) == 0
+    nested_engine.client().images.get(tag)  # built there ...
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(tag)  # ... not here
+    assert main(["kurukshetra", "--repo", str(git_repo), "--feature", "feat", "--mode", "container", "--workers", "1"]) == 0
+    nested_engine.client().images.remove(tag, force=True)
