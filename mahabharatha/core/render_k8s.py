@@ -275,7 +275,10 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _job(plan: LaunchPlan, spec: WorkerSpec, namespace: str, url: str) -> dict[str, Any]:
+PIN_PLACEHOLDER = "<sha256 of the channel's TLS certificate, made when the run starts>"
+
+
+def _job(plan: LaunchPlan, spec: WorkerSpec, namespace: str, url: str, pin: str) -> dict[str, Any]:
     labels, annotations = _labels_of(spec)
     uid, gid, user_note = _ids(spec)
     if user_note:
@@ -294,13 +297,14 @@ def _job(plan: LaunchPlan, spec: WorkerSpec, namespace: str, url: str) -> dict[s
     def token() -> dict[str, Any]:
         return _secret_env(P.ENV_CHANNEL_TOKEN, secret, token_key(spec.worker_id))
 
-    env_values = {**spec.env_dict(), P.ENV_CHANNEL: url, "PYTHONPATH": P.RUNTIME_LIB}
+    env_values = {**spec.env_dict(), P.ENV_CHANNEL: url, P.ENV_CHANNEL_PIN: pin, "PYTHONPATH": P.RUNTIME_LIB}
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env_values.items())]
     env += [_secret_env(s.name, secret, s.name) for s in spec.secret_environment]
     env.append(token())
     env.sort(key=lambda e: e["name"])
     init_env = [
         {"name": P.ENV_CHANNEL, "value": url},
+        {"name": P.ENV_CHANNEL_PIN, "value": pin},
         token(),
         {"name": "MAHABHARATHA_BOOTSTRAP_ONLY", "value": "1"},
         {"name": "MAHABHARATHA_RUNTIME_DIR", "value": P.RUNTIME_LIB},
@@ -407,11 +411,14 @@ def _secret(plan: LaunchPlan, namespace: str) -> dict[str, Any]:
     }
 
 
-def render_k8s(plan: LaunchPlan, *, namespace: str = "default", channel_url: str | None = None) -> list[dict[str, Any]]:
+def render_k8s(
+    plan: LaunchPlan, *, namespace: str = "default", channel_url: str | None = None, channel_pin: str | None = None
+) -> list[dict[str, Any]]:
     """The run's Secret, then one Job per worker, as plain dicts (what the Kubernetes API takes as bodies).
 
     The Secret's values are placeholders, never the plan's secrets. ``channel_url`` is the URL workers dial
-    (the executor passes the real one; by default the plan's, with a placeholder port when it is 0).
+    (the executor passes the real one; by default the plan's, with a placeholder port when it is 0);
+    ``channel_pin`` the channel certificate's pin (made when the run starts: a placeholder by default).
     Raises :class:`ConfigError` for a local-transport plan or an invalid ``namespace``.
     """
     if plan.transport != "remote" or plan.channel.kind != "tcp":
@@ -422,7 +429,8 @@ def render_k8s(plan: LaunchPlan, *, namespace: str = "default", channel_url: str
     if len(namespace) > _MAX_NAME or not _DNS_LABEL_RE.fullmatch(namespace):
         raise ConfigError(f"namespace {namespace!r}: expected a DNS-1123 label (a-z, 0-9, '-', at most 63)")
     url = _channel_url(plan, channel_url)
-    return [_secret(plan, namespace), *(_job(plan, spec, namespace, url) for spec in plan.workers)]
+    pin = channel_pin or PIN_PLACEHOLDER
+    return [_secret(plan, namespace), *(_job(plan, spec, namespace, url, pin) for spec in plan.workers)]
 
 
 class _Dumper:

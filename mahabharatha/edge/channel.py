@@ -25,6 +25,7 @@ import io
 import os
 import secrets
 import socket
+import ssl
 import stat
 import tarfile
 import threading
@@ -51,23 +52,67 @@ _AUTH_FRAME_BYTES = 4096
 class ChannelLink:
     """How remote workers reach this run's channel: the URL they dial and each worker's token (secrets)."""
 
-    def __init__(self, url: str, tokens: dict[int, Secret]) -> None:
+    def __init__(self, url: str, tokens: dict[int, Secret], pin: str = "") -> None:
         self.url = url
+        self.pin = pin  # sha256 of the channel's TLS certificate (made for the run): what workers check
         self._tokens = dict(tokens)
 
     def token(self, worker_id: int) -> str:
         return self._tokens[worker_id].reveal()
 
     def bind(self, spec: WorkerSpec) -> WorkerSpec:
-        """``spec`` as it is launched: the real channel URL (the plan may say port 0) and the worker's token as
-        one more secret variable (so it is redacted wherever the plan's secrets are)."""
+        """``spec`` as it is launched: the real channel URL (the plan may say port 0), the channel certificate's
+        pin, and the worker's token as one more secret variable (so it is redacted wherever the plan's secrets
+        are)."""
         env = tuple(EnvVar(name=e.name, value=self.url) if e.name == P.ENV_CHANNEL else e for e in spec.environment)
+        if self.pin:
+            env = tuple(sorted((*env, EnvVar(name=P.ENV_CHANNEL_PIN, value=self.pin)), key=lambda e: e.name))
         token = SecretEnvVar(name=P.ENV_CHANNEL_TOKEN, value=self._tokens[spec.worker_id], source="made for this run")
         secret_env = tuple(sorted((*spec.secret_environment, token), key=lambda e: e.name))
         return msgspec.structs.replace(spec, environment=env, secret_environment=secret_env)
 
     def __repr__(self) -> str:
         return f"ChannelLink({self.url!r}, {len(self._tokens)} tokens)"
+
+
+def tls_context() -> tuple[ssl.SSLContext, str]:
+    """A server TLS context with a key and self-signed certificate made for this run (never written anywhere but
+    a private temporary directory, removed at once), and the certificate's sha256 pin workers check. Workers do
+    not trust any CA: they compare the pin, then send their token, so neither the token nor the credentials
+    that follow cross the network in the clear."""
+    import datetime
+    import hashlib
+    import shutil
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mahabharatha worker channel")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256())
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    tmp = tempfile.mkdtemp(prefix="mahabharatha-tls-")
+    try:
+        certfile, keyfile = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        with open(certfile, "wb") as fh:
+            fh.write(cert.public_bytes(serialization.Encoding.PEM))
+        fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        ctx.load_cert_chain(certfile, keyfile)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ctx, hashlib.sha256(der).hexdigest()
 
 
 def runtime_tar(directory: str | os.PathLike[str]) -> bytes:
@@ -107,6 +152,7 @@ class ChannelServer:
         self.closed = False
         self._lock = threading.Lock()
         self._tokens: dict[int, Secret] = {}
+        self._tls: ssl.SSLContext | None = None
         self.link: ChannelLink | None = None
 
     def start(self) -> ChannelServer:
@@ -150,7 +196,8 @@ class ChannelServer:
             ) from None
         port = sock.getsockname()[1]
         self._tokens = {wid: Secret(secrets.token_urlsafe(32)) for wid in self.workers}
-        self.link = ChannelLink(msgspec.structs.replace(endpoint, port=port).url, self._tokens)
+        self._tls, pin = tls_context()
+        self.link = ChannelLink(msgspec.structs.replace(endpoint, port=port).url, self._tokens, pin)
         self.listeners.append(sock)
         threading.Thread(target=self._accept_tcp, args=(sock,), daemon=True, name="mahabharatha-channel-tcp").start()
 
@@ -170,12 +217,15 @@ class ChannelServer:
                 self.pending += 1
             threading.Thread(target=self._authenticate, args=(conn,), daemon=True, name="mahabharatha-channel-auth").start()
 
-    def _authenticate(self, conn: socket.socket) -> None:
-        """The first frame names the worker by its token, or the connection is closed."""
+    def _authenticate(self, raw: socket.socket) -> None:
+        """A TLS handshake, then the first frame names the worker by its token, all within the time allowed,
+        or the connection is closed."""
         wid: int | None = None
-        reader = _Reader(conn)
+        conn: socket.socket = raw
         try:
-            conn.settimeout(P.AUTH_TIMEOUT_S)
+            raw.settimeout(P.AUTH_TIMEOUT_S)
+            conn = self._tls.wrap_socket(raw, server_side=True)
+            reader = _Reader(conn)
             message, _ = recv_frame(reader, max_message=_AUTH_FRAME_BYTES, max_blob=0)
             token = message.get("token")
             if message.get("op") == "auth" and isinstance(token, str):
@@ -185,7 +235,7 @@ class ChannelServer:
                         wid = candidate
             if wid is None:
                 send_frame(conn, {"ok": False, "error": "not a worker of this run (bad token)"})
-        except (ChannelError, OSError):
+        except (ChannelError, OSError, ValueError):  # (ssl.SSLError is an OSError)
             wid = None
         finally:
             with self._lock:

@@ -61,6 +61,7 @@ class ChannelLink(Protocol):
     """The orchestrator's TCP endpoint for this run: what workers dial and each one's token (a secret)."""
 
     url: str
+    pin: str  # sha256 of the channel's TLS certificate
 
     def token(self, worker_id: int) -> str: ...
 
@@ -240,7 +241,7 @@ class KubeLauncher:
         from .executor import redactor
 
         try:
-            docs = render_k8s(plan, namespace=namespace, channel_url=link.url)
+            docs = render_k8s(plan, namespace=namespace, channel_url=link.url, channel_pin=getattr(link, "pin", None))
         except ConfigError as exc:
             raise LaunchError(str(exc)) from None
         if not plan.workers:

@@ -2,7 +2,8 @@
 
 Nothing is bind-mounted there, so the worker runtime itself arrives over the worker channel: this program
 (passed as ``python3 -c SOURCE``, so it is in the plan, visible in the dry-run) connects to the
-orchestrator's TCP endpoint, proves which worker it is with its token, takes its credentials (the API key,
+orchestrator's TCP endpoint over TLS (the certificate must match the run's pin, ``MAHABHARATHA_CHANNEL_PIN``),
+proves which worker it is with its token, takes its credentials (the API key,
 a copy of the Claude login) as environment variables, fetches the runtime package (a tar) into
 ``RUNTIME_DIR`` and runs it. Credentials never pass through the engine: an engine writes a container's
 environment to its disk (its metadata database keeps it after the container is gone), and a remote disk is
@@ -25,7 +26,10 @@ E=os.environ;L=E.get("MAHABHARATHA_RUNTIME_DIR","%(lib)s");D=E.get("MAHABHARATHA
 for n in sorted(os.listdir(D)) if D and os.path.isdir(D) else ():
     E[n]=open(os.path.join(D,n)).read()
 h,_,p=E["MAHABHARATHA_CHANNEL"].split("://",1)[1].rpartition(":")
-s=socket.create_connection((h.strip("[]"),int(p)),60);f=s.makefile("rb")
+import hashlib,ssl;c=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT);c.check_hostname=False;c.verify_mode=ssl.CERT_NONE
+s=c.wrap_socket(socket.create_connection((h.strip("[]"),int(p)),60))
+if hashlib.sha256(s.getpeercert(True)).hexdigest()!=E.get("MAHABHARATHA_CHANNEL_PIN"):sys.exit("bootstrap: the orchestrator's certificate is not this run's")
+f=s.makefile("rb")
 def ask(m):
     s.sendall(json.dumps(m).encode()+b"\\n");r=json.loads(f.readline() or "{}")
     if not r.get("ok"):sys.exit("bootstrap: the orchestrator refused: %%s"%%r.get("error","no answer"))

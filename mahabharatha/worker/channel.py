@@ -116,21 +116,47 @@ def recv_frame(reader: _Reader, *, max_message: int = P.MAX_MESSAGE_BYTES, max_b
     return message, reader.exactly(size)
 
 
+def _pinned_tls(raw: socket.socket, pin: str, path: str) -> socket.socket:
+    """TLS over ``raw``, accepted only when the server's certificate has the sha256 ``pin`` the run gave this
+    worker (a certificate made for the run: no CA is involved)."""
+    import hashlib
+    import hmac
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the pin below is the check
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        tls = ctx.wrap_socket(raw)
+    except (OSError, ValueError):
+        raw.close()
+        raise
+    der = tls.getpeercert(binary_form=True) or b""
+    if not pin or not hmac.compare_digest(hashlib.sha256(der).hexdigest(), pin):
+        tls.close()
+        raise ChannelError(f"the orchestrator at {path} is not this run's (its certificate does not match {P.ENV_CHANNEL_PIN})")
+    return tls
+
+
 class Channel:
     """The worker's end: ``request(op, ...)`` sends one message and returns the orchestrator's reply."""
 
-    def __init__(self, path: str, timeout: float | None = None, token: str | None = None) -> None:
+    def __init__(self, path: str, timeout: float | None = None, token: str | None = None, pin: str | None = None) -> None:
         self.path = path
         self.tcp = path.startswith("tcp://")
         try:
             if self.tcp:
                 host, _, port = path[len("tcp://"):].rpartition(":")
-                self.sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout or 60)
+                raw = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout or 60)
+                self.sock = _pinned_tls(raw, pin if pin is not None else os.environ.get(P.ENV_CHANNEL_PIN, ""), path)
             else:
                 self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self.sock.settimeout(timeout)
                 with socket_address(path) as address:
                     self.sock.connect(address)
+        except ChannelError:
+            raise
         except (OSError, ValueError) as exc:
             with contextlib.suppress(Exception):
                 self.sock.close()

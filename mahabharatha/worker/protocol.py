@@ -120,6 +120,9 @@ MAX_SYNC_BYTES = 4 << 30
 # Remote transport (no bind mounts): the channel is tcp://HOST:PORT and every connection first proves which
 # worker it is with that worker's token ({"op": "auth", "token": ...}).
 ENV_CHANNEL_TOKEN = "MAHABHARATHA_CHANNEL_TOKEN"
+# The channel is TLS with a certificate made for the run; a worker checks its sha256 against this pin before it
+# sends its token (no CA is trusted, the pin is the trust).
+ENV_CHANNEL_PIN = "MAHABHARATHA_CHANNEL_PIN"
 ENV_SECRETS_DIR = "MAHABHARATHA_SECRETS_DIR"  # Swarm: credentials as files, read into the environment
 AUTH_TIMEOUT_S = 10.0  # a TCP connection that has not authenticated by then is closed
 REMOTE_SPEC_DIR = "/home/worker/.mahabharatha-spec"  # the feature's spec files, sent in the hello reply

@@ -155,7 +155,7 @@ def server() -> Any:
 def test_a_token_names_its_worker_and_replies_carry_blobs(server: Any) -> None:
     link = server.link
     for wid in (0, 1):
-        ch = Channel(link.url, token=link.token(wid))
+        ch = Channel(link.url, token=link.token(wid), pin=link.pin)
         assert ch.request("progress", line="x")["worker"] == wid
         reply = ch.request("claim")
         assert reply["_blob"] == b"pack-bytes"
@@ -165,8 +165,30 @@ def test_a_token_names_its_worker_and_replies_carry_blobs(server: Any) -> None:
 
 def test_a_bad_token_is_refused_and_reaches_nothing(server: Any) -> None:
     with pytest.raises(ChannelError) as info:
-        Channel(server.link.url, token="not-a-token")
+        Channel(server.link.url, token="not-a-token", pin=server.link.pin)
     assert "bad token" in str(info.value)
+    assert server.seen == []
+
+
+def test_the_channel_is_tls_and_a_worker_talks_only_to_its_runs_certificate(server: Any) -> None:
+    host, port = server.link.url[len("tcp://"):].rsplit(":", 1)
+    with pytest.raises(ChannelError) as info:  # another certificate than the run's: the token is never sent
+        Channel(server.link.url, token=server.link.token(0), pin="0" * 64)
+    assert "not this run's" in str(info.value)
+    plain = socket.create_connection((host, int(port)))  # a client without TLS gets nothing and is dropped
+    plain.settimeout(15)
+    plain.sendall(json.dumps({"op": "auth", "token": server.link.token(0)}).encode() + b"\n")
+    got = b""
+    while True:  # until the server drops it (a TLS alert at most, never a reply)
+        try:
+            chunk = plain.recv(4096)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    plain.close()
+    assert b"ok" not in got and len(got) < 64, got
     assert server.seen == []
 
 
@@ -185,7 +207,7 @@ def test_silent_connections_are_bounded_and_time_out(server: Any, monkeypatch: p
         for s in idle:
             s.close()
     # and a real worker still gets in
-    ch = Channel(server.link.url, token=server.link.token(0))
+    ch = Channel(server.link.url, token=server.link.token(0), pin=server.link.pin)
     assert ch.request("progress", line="x")["ok"]
     ch.close()
 
@@ -196,6 +218,7 @@ def test_the_link_puts_the_url_and_token_into_a_spec_as_a_secret(server: Any, tm
              environ={"DOCKER_HOST": "tcp://10.9.8.7:2375", "MAHABHARATHA_CHANNEL_ADDRESS": "10.9.8.1"})
     bound = server.link.bind(p.workers[0])
     assert bound.env_dict()[P.ENV_CHANNEL] == server.link.url
+    assert bound.env_dict()[P.ENV_CHANNEL_PIN] == server.link.pin and len(server.link.pin) == 64
     token = next(s for s in bound.secret_environment if s.name == P.ENV_CHANNEL_TOKEN)
     assert token.value.reveal() == server.link.token(0) and server.link.token(0) not in repr(bound)
 
@@ -215,7 +238,8 @@ def test_the_bootstrap_fetches_the_runtime_and_runs_it(server: Any, tmp_path: Pa
     the runtime into its directory and runs the worker (which, without its settings, says so and exits 1)."""
     lib = tmp_path / "lib"
     env = {"PATH": os.environ.get("PATH", ""), P.ENV_CHANNEL: server.link.url,
-           P.ENV_CHANNEL_TOKEN: server.link.token(1), "MAHABHARATHA_RUNTIME_DIR": str(lib)}
+           P.ENV_CHANNEL_TOKEN: server.link.token(1), P.ENV_CHANNEL_PIN: server.link.pin,
+           "MAHABHARATHA_RUNTIME_DIR": str(lib)}
     proc = subprocess.run([sys.executable, "-c", bootstrap.SOURCE], env=env, capture_output=True, text=True, timeout=60)
     assert (lib / P.RUNTIME_PACKAGE / "__main__.py").is_file()
     assert proc.returncode == 1 and "environment variable" in (proc.stdout + proc.stderr), proc
@@ -225,6 +249,9 @@ def test_the_bootstrap_fetches_the_runtime_and_runs_it(server: Any, tmp_path: Pa
     bad = subprocess.run([sys.executable, "-c", bootstrap.SOURCE], env={**env, P.ENV_CHANNEL_TOKEN: "nope"},
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "refused" in bad.stderr
+    wrong = subprocess.run([sys.executable, "-c", bootstrap.SOURCE], env={**env, P.ENV_CHANNEL_PIN: "f" * 64},
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "not this run's" in wrong.stderr
 
 
 def test_swarm_service_specs_are_a_pure_view_without_credentials(tmp_path: Path) -> None:
