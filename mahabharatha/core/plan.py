@@ -221,7 +221,7 @@ def build_plan(
         all_notices.append(
             f"Remote transport: nothing is mounted; workers fetch the runtime and the workspace from "
             f"{channel.url}" + (" (port 0: a free port, chosen when the run starts)" if channel.port == 0 else "")
-            + " with a token of their own; it is not encrypted: keep it on a network you trust"
+            + " over TLS pinned to a certificate made for the run, each with a token of its own"
         )
         if w.launcher_type == "swarm" and s.no_new_privileges:
             all_notices.append(
