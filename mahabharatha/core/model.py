@@ -174,6 +174,11 @@ class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (remote transport: the workspace, exec allowed, not counted against the memory limit).
     volumes: tuple[str, ...] = ()
 
+    @property
+    def remote(self) -> bool:
+        """Planned for the remote transport: nothing mounted, the channel is the plan's TCP endpoint."""
+        return not self.channel_socket
+
     def env_dict(self) -> dict[str, str]:
         """Plain (non-secret) environment as a dict."""
         return {e.name: e.value for e in self.environment}

@@ -300,7 +300,7 @@ def build_plan(
 
     remote = transport == "remote"
     if remote:
-        env_layout, tmpfs = _remote_layout(env_layout, shared_env, channel, s.container_readonly, w.launcher_type)
+        env_layout, tmpfs = _remote_layout(env_layout, shared_env, channel, tmpfs, w.launcher_type)
     specs: list[WorkerSpec] = []
     worker_labels: list[Label] = []
     for n in range(count):
@@ -416,7 +416,7 @@ def _channel(address: str, found_host: str, engine: EngineTarget) -> ChannelEndp
 
 
 def _remote_layout(
-    layout: list[tuple[str, EnvVar | None]], shared: dict[str, str], channel: ChannelEndpoint, read_only: bool,
+    layout: list[tuple[str, EnvVar | None]], shared: dict[str, str], channel: ChannelEndpoint, tmpfs: tuple[Tmpfs, ...],
     launcher: str,
 ) -> tuple[list[tuple[str, EnvVar | None]], tuple[Tmpfs, ...]]:
     """The environment layout and tmpfs mounts of a worker nothing is mounted into: no /repo/.git (no
@@ -437,15 +437,8 @@ def _remote_layout(
     names = sorted({name for name, _ in layout if name not in drop} | ({P.ENV_SECRETS_DIR} if launcher == "swarm" else set()))
     per_worker = {name for name, var in layout if var is None}
     out = [(name, None if name in per_worker else EnvVar(name=name, value=values[name])) for name in names]
-    tmpfs: tuple[Tmpfs, ...] = ()
-    if read_only:
-        tmpfs = (
-            Tmpfs(target="/tmp", options=f"{_TMPFS_OPTIONS},size=512m,mode=1777"),
-            Tmpfs(target=P.WORKER_HOME, options=f"{_TMPFS_OPTIONS},size=256m,mode=1777"),
-        )
-        if launcher != "swarm":  # (Swarm puts its secrets under /run/secrets)
-            tmpfs = (*tmpfs, Tmpfs(target="/run", options="rw,nosuid,nodev,size=16m"))
-    return out, tmpfs
+    # The local worker's tmpfs mounts, but on Swarm none at /run (Swarm puts its secrets under /run/secrets).
+    return out, tuple(t for t in tmpfs if not (launcher == "swarm" and t.target == "/run"))
 
 
 def _auth_notices(auth: AuthSummary, secrets: tuple[SecretEnvVar, ...], count: int, repo: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 
+from ..worker import protocol as P
 from .model import LaunchPlan, Mount, WorkerSpec
 from .plan import plan_json
 
@@ -99,7 +100,7 @@ def _worker_lines(spec: WorkerSpec) -> list[str]:
     limits = f"memory={spec.mem_limit}, cpus={spec.cpus}"
     lines = [f"Launching Worker {spec.worker_id}: {spec.name} ({limits})"]
     wt = spec.worktree
-    if spec.mounts:
+    if not spec.remote:
         lines.append(f"  worktree: {wt.path} on branch {wt.branch} (from {wt.base})")
     else:
         lines.append(f"  workspace: in the container ({', '.join(spec.volumes) or 'its filesystem'}), branch {wt.branch} (from {wt.base})")
@@ -108,7 +109,7 @@ def _worker_lines(spec: WorkerSpec) -> list[str]:
         lines.append(f"  pids limit: {spec.pids_limit}")
     if spec.volumes:
         lines.append(f"  anonymous volumes (removed with the container): {', '.join(spec.volumes)}")
-    if not spec.mounts:
+    if spec.remote:
         lines.append("  mounts: none (nothing of this machine is mounted)")
     else:
         lines.extend(_mount_lines(spec))
@@ -174,11 +175,11 @@ def render_docker_run(spec: WorkerSpec) -> str:
         args += ["--label", f"{label.key}={label.value}"]
     for e in spec.environment:
         args += ["-e", f"{e.name}={e.value}"]
-    if spec.mounts or not spec.volumes:
+    if not spec.remote:
         for s in spec.secret_environment:
             args += ["-e", s.name]  # value from the caller's environment, never printed
     else:  # remote transport: only the run's channel token goes through the engine (credentials: the channel)
-        args += ["-e", "MAHABHARATHA_CHANNEL_TOKEN"]
+        args += ["-e", P.ENV_CHANNEL_TOKEN]
     args.append(spec.image)
     args.extend(spec.command)
     return shlex.join(args)

@@ -30,7 +30,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,14 +202,7 @@ class ChannelServer:
         threading.Thread(target=self._accept_tcp, args=(sock,), daemon=True, name="mahabharatha-channel-tcp").start()
 
     def _accept_tcp(self, listener: socket.socket) -> None:
-        while not self.closed:
-            try:
-                conn, _ = listener.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and not self.closed:
-                    time.sleep(0.1)
-                    continue
-                return
+        for conn in self._accepted(listener):
             with self._lock:
                 if self.closed or self.pending >= MAX_PENDING:
                     conn.close()
@@ -240,11 +233,7 @@ class ChannelServer:
         finally:
             with self._lock:
                 self.pending -= 1
-                admitted = False
-                if wid is not None and not self.closed:
-                    if sum(1 for w in self.connections.values() if w == wid) < MAX_CONNECTIONS:
-                        self.connections[conn] = wid
-                        admitted = True
+                admitted = wid is not None and self._admit(conn, wid)
         if not admitted:
             with contextlib.suppress(OSError):
                 conn.close()
@@ -267,7 +256,8 @@ class ChannelServer:
             self._runtime = runtime_tar(self.runtime_dir)
         return self._runtime
 
-    def _accept(self, wid: int, listener: socket.socket) -> None:
+    def _accepted(self, listener: socket.socket) -> Iterator[socket.socket]:
+        """Connections as ``listener`` accepts them, until the server closes."""
         while not self.closed:
             try:
                 conn, _ = listener.accept()
@@ -276,14 +266,23 @@ class ChannelServer:
                     time.sleep(0.1)  # out of descriptors for a moment: the worker's next connect must still work
                     continue
                 return
+            yield conn
+
+    def _admit(self, conn: socket.socket, wid: int) -> bool:
+        """Count ``conn`` as one of worker ``wid``'s connections, unless the server closed or the worker holds
+        :data:`MAX_CONNECTIONS` already (the caller closes it then). Under the lock."""
+        if self.closed or sum(1 for w in self.connections.values() if w == wid) >= MAX_CONNECTIONS:
+            return False
+        self.connections[conn] = wid
+        return True
+
+    def _accept(self, wid: int, listener: socket.socket) -> None:
+        for conn in self._accepted(listener):
             with self._lock:
-                if self.closed:
-                    conn.close()
-                    return
-                if sum(1 for w in self.connections.values() if w == wid) >= MAX_CONNECTIONS:
-                    conn.close()
-                    continue
-                self.connections[conn] = wid
+                admitted = self._admit(conn, wid)
+            if not admitted:
+                conn.close()
+                continue
             threading.Thread(target=self._serve, args=(wid, conn), daemon=True, name=f"mahabharatha-worker-{wid}").start()
 
     def _serve(self, wid: int, conn: socket.socket, reader: _Reader | None = None) -> None:

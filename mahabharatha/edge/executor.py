@@ -114,14 +114,14 @@ def secret_environment(spec: WorkerSpec, *, reveal: bool, secret_store: bool = F
     that needs them (the Docker API, or a subprocess-mode worker); redacted otherwise. The one place where a
     credential's value is handed to anything (the log redactor only uses it to find and hide it).
 
-    A remote worker (no socket path: its channel is TCP) is given only its channel token this way: the engine
+    A remote worker (``spec.remote``: its channel is TCP) is given only its channel token this way: the engine
     writes a container's environment to its disk, so credentials reach remote workers over the channel;
     ``secret_store``: the values go into a store made for secrets (a Kubernetes Secret), all of them."""
-    remote = not spec.channel_socket and not secret_store
+    token_only = spec.remote and not secret_store
     return {
         s.name: s.value.reveal() if reveal else s.value.redacted
         for s in spec.secret_environment
-        if not remote or s.name == P.ENV_CHANNEL_TOKEN
+        if not token_only or s.name == P.ENV_CHANNEL_TOKEN
     }
 
 
@@ -352,11 +352,20 @@ def _prepare_host(plan: LaunchPlan, specs: Sequence[WorkerSpec]) -> Callable[[Wo
 
 def feature_containers(client: Any, repo: str, feature: str, *, running_only: bool = False) -> list[dict[str, Any]]:
     """The engine's container summaries (``docker ps`` rows) labelled with ``repo`` and ``feature``."""
-    filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_REPO}={repo}", f"{LABEL_FEATURE}={feature}"]}
     try:
-        return list(client.api.containers(all=not running_only, filters=filters))
+        return list(client.api.containers(all=not running_only, filters=owner_filters(repo, feature)))
     except _connection_errors() as exc:
         raise _engine_error(exc) from None
+
+
+def owner_filters(repo: str, feature: str) -> dict[str, Any]:
+    """Engine API filters for what this repo's launches of ``feature`` made (containers, services, secrets)."""
+    return {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_REPO}={repo}", f"{LABEL_FEATURE}={feature}"]}
+
+
+def owned_by(labels: dict[str, str], repo: str, feature: str) -> bool:
+    """Whether ``labels`` say this repo's launches of ``feature`` made the object (so it may be replaced)."""
+    return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_REPO) == repo and labels.get(LABEL_FEATURE) == feature
 
 
 def _owner_text(labels: dict[str, str]) -> str:
@@ -378,11 +387,7 @@ def _stale_containers(client: Any, plan: LaunchPlan, specs: Sequence[WorkerSpec]
         if name is None:
             continue
         labels = row.get("Labels") or {}
-        if (
-            labels.get(LABEL_MANAGED) == "true"
-            and labels.get(LABEL_REPO) == plan.repo
-            and labels.get(LABEL_FEATURE) == plan.feature
-        ):
+        if owned_by(labels, plan.repo, plan.feature):
             stale[name] = row["Id"]
             continue
         if labels.get(LABEL_MANAGED) == "true" and row.get("State") in ("running", "restarting"):
@@ -913,16 +918,17 @@ TASK_POLL_S = 0.25
 TASK_ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
 
 
-def _is_manager(client: Any) -> bool:
-    try:
-        swarm = (client.info() or {}).get("Swarm") or {}
-    except Exception:  # noqa: BLE001 - not a reason to fail a stop or cleanup of containers
-        return False
+def manages_swarm(info: dict[str, Any]) -> bool:
+    """Whether an engine's ``info()`` says it is an active Swarm manager."""
+    swarm = (info or {}).get("Swarm") or {}
     return swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
 
 
-def _owner_filters(repo: str, feature: str) -> dict[str, Any]:
-    return {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_REPO}={repo}", f"{LABEL_FEATURE}={feature}"]}
+def _is_manager(client: Any) -> bool:
+    try:
+        return manages_swarm(client.info())
+    except Exception:  # noqa: BLE001 - not a reason to fail a stop or cleanup of containers
+        return False
 
 
 def latest_task(client: Any, service_id: str) -> dict[str, Any] | None:
@@ -951,9 +957,8 @@ def stop_services(client: Any, repo: str, feature: str, timeout: float = 30.0) -
     """Scale this feature's services to 0 and wait (bounded) until their tasks ended; how each ended."""
     if not _is_manager(client):
         return []
-    services = [s for s in client.api.services(filters=_owner_filters(repo, feature))]
     running = []
-    for svc in services:
+    for svc in client.api.services(filters=owner_filters(repo, feature)):
         task = latest_task(client, svc["ID"])
         if task is not None and task_exit(task)[0] not in TASK_ENDED:
             scale_down(client, svc["ID"])
@@ -982,7 +987,7 @@ def feature_services(client: Any, repo: str, feature: str) -> list[dict[str, Any
     if not _is_manager(client):
         return []
     rows = []
-    for svc in client.api.services(filters=_owner_filters(repo, feature)):
+    for svc in client.api.services(filters=owner_filters(repo, feature)):
         task = latest_task(client, svc["ID"])
         state, code, err = task_exit(task) if task else ("pending", None, "")
         node = (task or {}).get("NodeID", "")[:12]
@@ -1013,7 +1018,7 @@ def remove_services(client: Any, repo: str, feature: str) -> list[str]:
     """Remove this repo+feature's services and secrets (by label) on a Swarm manager; their names."""
     if not _is_manager(client):
         return []
-    filters = _owner_filters(repo, feature)
+    filters = owner_filters(repo, feature)
     names, removed = [], []
     for svc in client.api.services(filters=filters):
         names.append(svc["Spec"]["Name"])

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import json
 import os
@@ -693,7 +694,7 @@ class _Run:
         """The feature's spec files for a worker nothing is mounted into (small, regular files only)."""
         out: dict[str, str] = {}
         budget = P.MAX_SPEC_BYTES
-        for name in ("requirements.md", "design.md"):
+        for name in P.SPEC_FILES:
             path = os.path.join(self.plan.repo, ".gsd", "specs", self.plan.feature, name)
             with contextlib.suppress(MahabharathaError, OSError, UnicodeDecodeError):
                 text = read_regular(path, limit=max(budget, 0), what=f"the spec file {name}", follow_symlinks=False).decode("utf-8")
@@ -1275,24 +1276,20 @@ def _prepared(
 
         # Engine, images and names first: a run that cannot start must not create the base branch or the
         # state (else the next attempt "resumes" a run that never began).
-        checked = preflight(plan, client=client)
-
-        def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None], link: Any = None) -> Any:
-            return ContainerLauncher(p, events, o, client=checked, keep_failed=keep_failed, link=link)
+        factory: Callable[..., Any] = functools.partial(
+            ContainerLauncher, client=preflight(plan, client=client), keep_failed=keep_failed
+        )
     elif plan.mode == "kubernetes":
         from .kube import KubeLauncher, kube_client
 
-        api = kube_client(client)  # (``client`` is a kubernetes ApiClient here, or None for kubeconfig's)
-
-        def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None], link: Any = None) -> Any:
-            return KubeLauncher(p, events, o, link=link, api_client=api, namespace=p.namespace or "default", keep_failed=keep_failed)
+        # (``client`` is a kubernetes ApiClient here, or None for kubeconfig's)
+        factory = functools.partial(
+            KubeLauncher, api_client=kube_client(client), namespace=plan.namespace or "default", keep_failed=keep_failed
+        )
     elif plan.mode == "swarm":
         from .swarm import SwarmLauncher, swarm_preflight
 
-        checked = swarm_preflight(plan, client=client)
-
-        def factory(p: LaunchPlan, events: queue.Queue[tuple[Any, ...]], o: Callable[[str], None], link: Any = None) -> Any:
-            return SwarmLauncher(p, events, o, client=checked, keep_failed=keep_failed, link=link)
+        factory = functools.partial(SwarmLauncher, client=swarm_preflight(plan, client=client), keep_failed=keep_failed)
     else:
         factory = SubprocessLauncher
     return _Run(plan, graph, out if out is not None else (lambda _line: None), factory, on_event)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from ..core.model import LABEL_FEATURE, LABEL_MANAGED, LABEL_REPO, LaunchPlan, WorkerSpec
+from ..core.model import LaunchPlan, WorkerSpec
 from ..core.render_swarm import service_spec
 from ..errors import LaunchError
 from ..worker import protocol as P
@@ -42,10 +42,10 @@ ENDED = X.TASK_ENDED
 
 def _manager(client: Any, engine: str) -> None:
     try:
-        swarm = (client.info() or {}).get("Swarm") or {}
+        info = client.info()
     except X._connection_errors() as exc:
         raise X._engine_error(exc) from None
-    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+    if not X.manages_swarm(info):
         raise LaunchError(
             f"Failed to start services: the engine at {engine} is not a Docker Swarm manager",
             hint="point DOCKER_HOST at a manager node, or use workers.launcher_type: container",
@@ -65,11 +65,6 @@ def _image_id(client: Any, image: str) -> str:
         ) from None
 
 
-def _owned(labels: dict[str, str], plan: LaunchPlan) -> bool:
-    return (labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_REPO) == plan.repo
-            and labels.get(LABEL_FEATURE) == plan.feature)
-
-
 def _stale_services(client: Any, plan: LaunchPlan) -> dict[str, str]:
     """This feature's existing services by name; a same-named service of anyone else refuses the launch."""
     names = {spec.name for spec in plan.workers}
@@ -79,7 +74,7 @@ def _stale_services(client: Any, plan: LaunchPlan) -> dict[str, str]:
         if name not in names:
             continue
         labels = svc.get("Spec", {}).get("Labels") or {}
-        if not _owned(labels, plan):
+        if not X.owned_by(labels, plan.repo, plan.feature):
             raise LaunchError(
                 f"Failed to start services: a service named {name} already exists and belongs to "
                 f"{X._owner_text(labels)}; not removing it",
@@ -99,10 +94,6 @@ def swarm_preflight(plan: LaunchPlan, *, client: Any = None) -> Any:
     _image_id(client, plan.image)
     _stale_services(client, plan)
     return client
-
-
-_latest_task = X.latest_task
-_task_exit = X.task_exit
 
 
 class _ServiceLogs:
@@ -161,8 +152,8 @@ class SwarmLauncher:
         deadline = time.monotonic() + spec.ready_timeout_s
         running = False
         while not running:
-            task = _latest_task(self.client, service_id)
-            state, code, err = _task_exit(task) if task else ("", None, "")
+            task = X.latest_task(self.client, service_id)
+            state, code, err = X.task_exit(task) if task else ("", None, "")
             if state == "running":
                 running = True
             elif state in ENDED:
@@ -181,12 +172,12 @@ class SwarmLauncher:
             while not (logs.ready or logs.ended) and time.monotonic() < deadline:
                 self.cond.wait(timeout=POLL_S)
                 if not logs.ready:
-                    task = _latest_task(self.client, service_id)
-                    if task and _task_exit(task)[0] in ENDED:
+                    task = X.latest_task(self.client, service_id)
+                    if task and X.task_exit(task)[0] in ENDED:
                         break
         if not logs.ready:
-            task = _latest_task(self.client, service_id)
-            state, code, _ = _task_exit(task) if task else ("", None, "")
+            task = X.latest_task(self.client, service_id)
+            state, code, _ = X.task_exit(task) if task else ("", None, "")
             last = " | ".join(line for line in logs.tail if line.strip()) or "(no output)"
             why = f"its task ended ({state}, exit {code})" if state in ENDED else f"no `{ready_line(spec.worker_id)}` line after {spec.start_timeout_s:.0f} s"
             raise LaunchError(f"Worker process failed to start in {spec.name}: {why}; last log lines: {last}", hint=f"full log: {spec.log_path}")
@@ -230,8 +221,8 @@ class SwarmLauncher:
                 if sid in self.reported:
                     continue
                 with contextlib.suppress(Exception):
-                    task = _latest_task(self.client, sid)
-                    if task is not None and _task_exit(task)[0] in ENDED:
+                    task = X.latest_task(self.client, sid)
+                    if task is not None and X.task_exit(task)[0] in ENDED:
                         self.reported.add(sid)
                         self.events.put(("die", wid, sid))
 
@@ -243,10 +234,10 @@ class SwarmLauncher:
             self.client.api.inspect_service(sid)
         except docker.errors.NotFound:
             return None, False, True
-        task = _latest_task(self.client, sid)
+        task = X.latest_task(self.client, sid)
         if task is None:
             return None, False, True
-        state, code, _ = _task_exit(task)
+        state, code, _ = X.task_exit(task)
         if state not in ENDED:
             return None, False, False
         if code is None:  # rejected or orphaned: it never ran (or its node went away)

@@ -292,7 +292,7 @@ class Worker:
             for dep in deps:
                 made = ", ".join(map(str, dep.get("files") or ())) or "no files listed"
                 parts.append(f"- {dep.get('id')}: {dep.get('subject') or dep.get('title') or ''} ({made})")
-        specs = [name for name in ("requirements.md", "design.md") if self.spec_dir and os.path.isfile(os.path.join(self.spec_dir, name))]
+        specs = [name for name in P.SPEC_FILES if self.spec_dir and os.path.isfile(os.path.join(self.spec_dir, name))]
         if specs:
             parts.append("The feature's spec: " + ", ".join(os.path.join(self.spec_dir, n) for n in specs))
         if checkpoint:
@@ -425,6 +425,14 @@ class Worker:
         say(f"[worker {self.worker_id}] kept uncommitted leftovers of an interrupted task at {leftover[:10]} "
             f"({reply.get('ref', 'refs/mahabharatha/interrupted/...')})")
 
+    def keep_before_leaving(self, start: str) -> None:
+        """A remote worker leaving mid-task (stopped, or its agent OOM-killed): its workspace goes with its
+        container, so keep the task's uncommitted work now. (A local worker finds it in its workspace when it
+        starts again.) Best effort: the exit it is leaving with matters more."""
+        if self.remote:
+            with contextlib.suppress(Exception):
+                self.keep_leftovers(start)
+
     # -- one task -----------------------------------------------------------------------------------------
     def do_task(self, claim: dict[str, Any]) -> int | None:
         """Run one claimed task. Returns an exit code when the worker must exit, else None."""
@@ -432,11 +440,8 @@ class Worker:
         try:
             return self._do_task(claim)
         except Stop:
-            if self.remote and not self.in_flight:
-                # The workspace goes with this container: keep the stopped task's uncommitted work now (a local
-                # worker finds it in its workspace when it starts again).
-                with contextlib.suppress(Exception):
-                    self.keep_leftovers(self.task_start)
+            if not self.in_flight:  # (an answer still due on the channel would be taken for the park's)
+                self.keep_before_leaving(self.task_start)
             raise
         finally:
             self.task_start = None
@@ -485,9 +490,7 @@ class Worker:
                 # Killed outright: in a container that is the memory limit's OOM killer. Exit 137 with the task
                 # still claimed, so the orchestrator applies its OOM policy (retry, then fail with advice).
                 say(f"[worker {self.worker_id}] agent killed (SIGKILL, likely out of memory) on {task_id}; exiting 137")
-                if self.remote:  # the workspace goes with this container: keep what the agent wrote first
-                    with contextlib.suppress(Exception):
-                        self.keep_leftovers(start)
+                self.keep_before_leaving(start)
                 return P.EXIT_OOM
             error = ""
             if run.stopped_for == "budget":
@@ -618,7 +621,7 @@ class Worker:
         if spec and self.spec_dir:
             os.makedirs(self.spec_dir, exist_ok=True)
             for name, text in spec.items():
-                if isinstance(name, str) and isinstance(text, str) and name in ("requirements.md", "design.md"):
+                if name in P.SPEC_FILES and isinstance(text, str):
                     with open(os.path.join(self.spec_dir, name), "w", encoding="utf-8") as fh:
                         fh.write(text)
 

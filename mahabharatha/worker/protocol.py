@@ -102,6 +102,7 @@ ENV_POLL_MAX = "MAHABHARATHA_POLL_MAX"
 # Seconds a stopped worker gives its agent after SIGTERM before it kills the agent's process group.
 ENV_STOP_GRACE = "MAHABHARATHA_STOP_GRACE"
 GRAPH_FILE = "task-graph.json"
+SPEC_FILES = ("requirements.md", "design.md")  # the feature's spec, named in each prompt (and sent to remote workers)
 PROGRESS_FILE = "progress.md"
 
 # The ref a worker's bundle carries: its branch for finished work, PARK_REF for work to keep but not merge
