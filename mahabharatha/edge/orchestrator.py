@@ -296,6 +296,7 @@ class _Run:
         # Workers that may keep leftovers (``park``): once per container start, before its first claim. The
         # agent can reach its worker's socket too; it must not fill the user's repository with parked refs.
         self.may_park: set[int] = set()
+        self.parked_claim: dict[int, _Claim] = {}  # remote workers: the claim whose leftovers were kept
         self.progress_notes: dict[int, int] = {}  # worker id -> progress notes written in this run
         self.claim_counts: dict[str, int] = {}  # task id -> claims in this run
         self.progress_path = os.path.join(plan.repo, ".gsd", "specs", plan.feature, P.PROGRESS_FILE)
@@ -928,8 +929,11 @@ class _Run:
         prefix = P.interrupted_ref_prefix(self.plan.feature, wid)
         with self.changed:
             # Once per worker start, before its first task; a remote worker (its workspace goes with its
-            # container) also as it is stopped, for the task it still holds.
-            if wid not in self.may_park and not (self.remote and wid in self.claims):
+            # container) also once for the task it still holds, as it leaves it. Each park keeps a ref and its
+            # objects in the user's repository: the agent can speak for its worker, so never more than that.
+            claim = self.claims.get(wid) if self.remote else None
+            leaving = claim is not None and self.parked_claim.get(wid) is not claim
+            if wid not in self.may_park and not leaving:
                 return {"ok": False, "error": "leftovers are kept once per worker start, before its first task"}
             ref = f"{prefix}{int(time.time())}"
             n = 1
@@ -943,6 +947,8 @@ class _Run:
                 )
             except ImportRejected as exc:
                 return {"ok": False, "error": str(exc)}
+            if wid not in self.may_park and claim is not None:
+                self.parked_claim[wid] = claim
             self.may_park.discard(wid)
         self._log(f"worker {wid}: kept uncommitted leftovers of an interrupted task at {ref}")
         return {"ok": True, "ref": ref}

@@ -859,3 +859,129 @@ def test_a_garbled_bundle_is_rejected_in_one_line(git_repo: Path) -> None:
             import_bundle(str(git_repo), blob, expected_ref="refs/mahabharatha/park", commit=head,
                           dest_ref="refs/mahabharatha/interrupted/feat/worker-0-1", incoming_ref="refs/mahabharatha/incoming/feat/worker-0")
     assert git(git_repo, "for-each-ref", "--format=%(refname)") == "refs/heads/main"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The remote transport: the channel is TCP; an agent reads its worker's URL, token and pin from /proc
+
+REMOTE_ATTACKS = r'''
+import hashlib, os, socket, ssl, subprocess
+from mahabharatha_worker.channel import Channel
+from mahabharatha_worker import protocol as P
+
+def worker_env():
+    """The worker's own environment (the agent's has no channel, no token): its process is an ancestor."""
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            raw = open("/proc/%d/environ" % pid, "rb").read()
+        except OSError:
+            raw = b""
+        env = dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+        if env.get(P.ENV_CHANNEL_TOKEN):
+            return env
+        pid = int(open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[1])
+    raise RuntimeError("no worker environment found")
+
+def note(name, rc, out):
+    record[name] = {"cmd": name, "rc": rc, "out": str(out)[-600:]}
+
+def g(*args, env=None, input=None):
+    p = subprocess.run(["git", *args], capture_output=True, text=True, env=env, input=input)
+    if p.returncode:
+        raise RuntimeError("git %s: %s" % (args[0], p.stderr))
+    return p.stdout.strip()
+
+env = worker_env()
+url, token, pin = env[P.ENV_CHANNEL], env[P.ENV_CHANNEL_TOKEN], env[P.ENV_CHANNEL_PIN]
+wid = int(os.environ["ZERG_WORKER_ID"])
+other = "refs/heads/mahabharatha/feat/worker-%d" % ((wid + 1) % 2)
+start = g("rev-parse", "HEAD")
+idx = dict(os.environ, GIT_INDEX_FILE="/tmp/forge.index")
+g("read-tree", start, env=idx)
+blob = g("hash-object", "-w", "--stdin", input="forged\n")
+g("update-index", "--add", "--cacheinfo", "100644,%s,forged.txt" % blob, env=idx)
+forged = g("commit-tree", g("write-tree", env=idx), "-p", start, "-m", "forged")
+
+def bundle(ref):
+    g("update-ref", ref, forged)
+    g("bundle", "create", "-q", "/tmp/forged.bundle", ref, "^" + start)
+    return open("/tmp/forged.bundle", "rb").read()
+
+ch = Channel(url, token=token, pin=pin)
+note("hello", 0, {k: v for k, v in ch.request("hello").items() if k != "_blob"})
+replies = [ch.request("park", bundle(P.PARK_REF), kind="interrupted", commit=forged) for _ in range(20)]
+note("park flood", 0, sum(1 for r in replies if r.get("ok")))
+note("park another worker's branch", 0, ch.request("park", bundle(other), kind="interrupted", commit=forged))
+note("finish another task", 0, ch.request("finish", bundle(other), task="A", status="done", commit=forged))
+try:
+    Channel(url, token="guessed-" + token[8:], pin=pin)
+    note("a guessed token", 0, "admitted")
+except Exception as exc:
+    note("a guessed token", 1, exc)
+# an oversized first frame, before any token: dropped
+host, _, port = url[len("tcp://"):].rpartition(":")
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection((host, int(port)), 20))
+try:
+    s.sendall(b'{"op":"auth","token":"' + b"x" * (1 << 20) + b'"}\n')
+    got = s.recv(4096)
+except OSError as exc:
+    got = repr(exc).encode()
+note("oversized auth frame", 0, got)
+s.close()
+opened = []
+for _ in range(30):
+    try:
+        opened.append(Channel(url, token=token, pin=pin))
+    except Exception:
+        pass
+alive = 0
+for c in opened:
+    try:
+        alive += bool(c.request("progress", line="x").get("ok"))
+    except Exception:
+        pass
+note("connection flood", 0, "%d %d" % (len(opened), alive))
+'''
+
+
+def test_channel_attacks_over_the_remote_transport_stay_bounded(host: Host, make_plan: Any, docker_client: Any) -> None:
+    """A remote worker's agent takes its worker's URL, token and pin (from /proc) and speaks for it over TCP:
+    it can neither fill the user's repository with parked refs, nor act for another worker or task, nor hold
+    more than its worker's connections; the honest tasks finish and merge; the user's repository is untouched."""
+    from mahabharatha.edge.channel import MAX_CONNECTIONS
+
+    from .test_remote import bridge_gateway
+
+    repo = host.repo
+    graph = write_graph(repo, [
+        task("H", 1, create=("h.txt",), py=REMOTE_ATTACKS),
+        task("A", 1, create=("a.txt",), verify="test -f a.txt"),
+        task("B", 2, ("A",), create=("b.txt",), modify=("a.txt",), verify="grep -q 'task B' a.txt"),
+    ])
+    remote = config().replace(
+        "workers:\n", f"workers:\n  transport: remote\n  channel_address: {bridge_gateway(docker_client)}\n", 1)
+    plan = make_plan(2, config=remote)
+    assert plan.transport == "remote"
+    lines: list[str] = []
+    result = orchestrate(plan, graph, out=lines.append, client=docker_client)
+    tasks = state_of(repo)["tasks"]
+    assert {t: tasks[t]["status"] for t in "AB"} == {"A": "done", "B": "done"}, (tasks, lines, result)
+    rec = {k: v["out"] for k, v in attack_record(repo, "H").items()}
+    assert "'ok': True" in rec["hello"], rec
+    assert rec["park flood"] == "1", rec  # once for the task it holds, then refused
+    assert "leftovers are kept once per worker start" in rec["park another worker's branch"], rec
+    assert "'status': 'lost'" in rec["finish another task"], rec
+    assert "bad token" in rec["a guessed token"], rec
+    assert rec["oversized auth frame"] == "b''" or "Connection reset" in rec["oversized auth frame"], rec
+    opened, alive = map(int, rec["connection flood"].split())
+    # 30 asked for; the worker's and the agent's first connection hold two of its MAX_CONNECTIONS
+    assert opened == alive <= MAX_CONNECTIONS - 2, rec["connection flood"]
+    interrupted = git(repo, "for-each-ref", "--format=%(refname)", "refs/mahabharatha/interrupted/").splitlines()
+    assert len(interrupted) <= 1, interrupted
+    assert "forged.txt" not in base_files(repo)
+    for wid in (0, 1):
+        assert "forged.txt" not in git(repo, "ls-tree", "-r", "--name-only", f"mahabharatha/feat/worker-{wid}")
+    host.assert_repo_untouched()
+    host.user_git()
