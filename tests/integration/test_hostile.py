@@ -443,15 +443,9 @@ def test_git_state_and_symlink_attacks_leave_the_user_repository_untouched(
 # Attacks on the channel: forged results, malformed and oversized messages, floods
 
 
-CHANNEL_ATTACKS = r'''
-import os, socket, subprocess, time
-from mahabharatha_worker.channel import Channel
-from mahabharatha_worker import protocol as P
-
-SOCK = "/opt/mahabharatha/channel/worker.sock"
-wid = int(os.environ["ZERG_WORKER_ID"])
-mine = "refs/heads/" + os.environ["ZERG_BRANCH"]
-other = "refs/heads/mahabharatha/feat/worker-%d" % ((wid + 1) % 2)
+# What every channel attack below starts with: recording a step, and git in the workspace.
+ATTACK_HELPERS = r'''
+import subprocess
 
 def note(name, rc, out):
     record[name] = {"cmd": name, "rc": rc, "out": str(out)[-600:]}
@@ -461,6 +455,17 @@ def g(*args, env=None, input=None):
     if p.returncode:
         raise RuntimeError("git %s: %s" % (args[0], p.stderr))
     return p.stdout.strip()
+'''
+
+CHANNEL_ATTACKS = ATTACK_HELPERS + r'''
+import os, socket, subprocess, time
+from mahabharatha_worker.channel import Channel
+from mahabharatha_worker import protocol as P
+
+SOCK = "/opt/mahabharatha/channel/worker.sock"
+wid = int(os.environ["ZERG_WORKER_ID"])
+mine = "refs/heads/" + os.environ["ZERG_BRANCH"]
+other = "refs/heads/mahabharatha/feat/worker-%d" % ((wid + 1) % 2)
 
 start = g("rev-parse", "HEAD")
 root = g("rev-list", "--max-parents=0", "HEAD").split()[0]
@@ -864,7 +869,7 @@ def test_a_garbled_bundle_is_rejected_in_one_line(git_repo: Path) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # The remote transport: the channel is TCP; an agent reads its worker's URL, token and pin from /proc
 
-REMOTE_ATTACKS = r'''
+REMOTE_ATTACKS = ATTACK_HELPERS + r'''
 import hashlib, os, socket, ssl, subprocess
 from mahabharatha_worker.channel import Channel
 from mahabharatha_worker import protocol as P
@@ -883,14 +888,6 @@ def worker_env():
         pid = int(open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[1])
     raise RuntimeError("no worker environment found")
 
-def note(name, rc, out):
-    record[name] = {"cmd": name, "rc": rc, "out": str(out)[-600:]}
-
-def g(*args, env=None, input=None):
-    p = subprocess.run(["git", *args], capture_output=True, text=True, env=env, input=input)
-    if p.returncode:
-        raise RuntimeError("git %s: %s" % (args[0], p.stderr))
-    return p.stdout.strip()
 
 env = worker_env()
 url, token, pin = env[P.ENV_CHANNEL], env[P.ENV_CHANNEL_TOKEN], env[P.ENV_CHANNEL_PIN]
@@ -974,7 +971,8 @@ def test_channel_attacks_over_the_remote_transport_stay_bounded(host: Host, make
     assert "leftovers are kept once per worker start" in rec["park another worker's branch"], rec
     assert "'status': 'lost'" in rec["finish another task"], rec
     assert "bad token" in rec["a guessed token"], rec
-    assert rec["oversized auth frame"] == "b''" or "Connection reset" in rec["oversized auth frame"], rec
+    dropped = rec["oversized auth frame"]  # closed unanswered: seen as EOF, a reset, or a broken pipe mid-send
+    assert dropped == "b''" or "Connection reset" in dropped or "Broken pipe" in dropped, rec
     opened, alive = map(int, rec["connection flood"].split())
     # 30 asked for; the worker's and the agent's first connection hold two of its MAX_CONNECTIONS
     assert opened == alive <= MAX_CONNECTIONS - 2, rec["connection flood"]
